@@ -28,19 +28,20 @@ def dpm_solver_2m_step(v: Tensor, x: Tensor, sigma: Tensor, sigma_next: Tensor,
     """
     B, nd = v.shape[0], v.dim()
     shape = (-1,) + (1,) * (nd - 1)
-    s_a = sigma.float().expand(B).reshape(shape)
-    s_next = sigma_next.float().expand(B).reshape(shape)
-    x32 = x.float()
-    d_a = x32 - s_a * v.float()
+    ct = torch.float64 if v.dtype == torch.float64 else torch.float32
+    s_a = sigma.to(ct).expand(B).reshape(shape)
+    s_next = sigma_next.to(ct).expand(B).reshape(shape)
+    x32 = x.to(ct)
+    d_a = x32 - s_a * v.to(ct)
     final = s_next == 0
     # where σ' = 0 the first-order step is exactly x' = D_a; keep the logs finite there
     s_next_safe = torch.where(final, torch.full_like(s_next, 0.5), s_next)
     h = _lam(s_next_safe) - _lam(s_a)
     D = d_a
     if x0_prev is not None:
-        s_b = sigma_prev.float().expand(B).reshape(shape)
+        s_b = sigma_prev.to(ct).expand(B).reshape(shape)
         r = (_lam(s_a) - _lam(s_b)) / h
-        D = torch.where(final, d_a, d_a + (d_a - x0_prev.float()) / (2.0 * r))
+        D = torch.where(final, d_a, d_a + (d_a - x0_prev.to(ct)) / (2.0 * r))
     x_next = (s_next_safe / s_a) * x32 - (1.0 - s_next_safe) * torch.expm1(-h) * D
     x_next = torch.where(final, d_a, x_next)
     return x_next.to(out_dtype), d_a

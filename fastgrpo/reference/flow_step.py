@@ -92,6 +92,11 @@ def _cps_std(sigma: Tensor, sigma_next: Tensor, eta: float, family: str) -> Tens
     return eta * sigma_next * torch.sqrt(1.0 - sigma)
 
 
+def _compute_dtype(v: Tensor) -> torch.dtype:
+    """fp32 math for fp32/bf16/fp16 inputs (μ overflows in bf16); fp64 stays fp64 (gradcheck)."""
+    return torch.float64 if v.dtype == torch.float64 else torch.float32
+
+
 def _per_sample(t: Tensor, ndim: int) -> Tensor:
     return t.reshape(-1, *([1] * (ndim - 1)))
 
@@ -107,11 +112,12 @@ def flow_step(v: Tensor, x: Tensor, sigma: Tensor, sigma_next: Tensor, eta: floa
     """
     nd = v.dim()
     B = v.shape[0]
-    sigma_b = sigma.float().expand(B)
-    sigma_next_b = sigma_next.float().expand(B)
+    ct = _compute_dtype(v)
+    sigma_b = sigma.to(ct).expand(B)
+    sigma_next_b = sigma_next.to(ct).expand(B)
     s = _per_sample(sigma_b, nd)
     s_next = _per_sample(sigma_next_b, nd)
-    v32, x32 = v.float(), x.float()
+    v32, x32 = v.to(ct), x.to(ct)
     delta = s_next - s
     x0_hat = x32 - s * v32
     x1_hat = x32 + (1.0 - s) * v32
@@ -138,13 +144,13 @@ def flow_step(v: Tensor, x: Tensor, sigma: Tensor, sigma_next: Tensor, eta: floa
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
     if x_next is None:
-        eps = noise.float() if noise is not None else torch.randn(
-            v.shape, generator=generator, device=v.device, dtype=torch.float32)
+        eps = noise.to(ct) if noise is not None else torch.randn(
+            v.shape, generator=generator, device=v.device, dtype=torch.float32).to(ct)
         x_out = (mu.detach() + std * eps).to(out_dtype)
-        x_used = x_out.float()  # the log-prob of the sample as stored, so replay gives the same number
+        x_used = x_out.to(ct)  # the log-prob of the sample as stored, so replay gives the same number
     else:
         x_out = x_next
-        x_used = x_next.float()
+        x_used = x_next.to(ct)
 
     dims = tuple(range(1, nd))
     sq = (x_used - mu).pow(2)
@@ -171,7 +177,7 @@ def flow_step(v: Tensor, x: Tensor, sigma: Tensor, sigma_next: Tensor, eta: floa
         else:
             raise ValueError(f"kl_divisor must be one of {KL_DIVISORS}, got {kl_divisor!r}")
         div = div.reshape(-1)
-        msq = (mu - mu_ref.float()).pow(2).mean(dims)
+        msq = (mu - mu_ref.to(ct)).pow(2).mean(dims)
         kl = torch.where(div > 0, msq / torch.where(div > 0, div, torch.ones_like(div)), torch.zeros_like(div))
 
     return FlowStepOutput(x_out, log_prob, mu if return_mean else None, std.reshape(-1).expand(B).clone(), kl)
