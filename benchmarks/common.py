@@ -240,3 +240,8 @@ def release(device: torch.device) -> None:
     torch.compiler.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def note_once(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
