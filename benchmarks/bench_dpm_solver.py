@@ -47,6 +47,7 @@ def ideal_bytes(v, x, x0_prev) -> int:
 
 
 def main(quick: bool = False, out_dir: str | None = None):
+    """Measure every case × provider on the default device; write results/<device>/dpm_solver.*"""
     device = common.pick_device()
     copy_gbps = common.copy_bandwidth(device)
     sig = shifted_sigmas().to(device)
@@ -59,8 +60,7 @@ def main(quick: bool = False, out_dir: str | None = None):
         "torch_compile: default mode, compiled afresh per case (dynamic=False).",
     ]
     if device.type != "cuda":
-        notes.append("fastgrpo (Triton) skipped: Triton cannot launch on CPU tensors (TRITON_INTERPRET=1 would "
-                     "interpret it, far too slowly to time); fastgrpo_torch is the path CPU users get.")
+        notes.append(common.CPU_NOTE)
     rows = []
     for case in common.select_cases(quick, device):
         B = case.batch
@@ -78,9 +78,9 @@ def main(quick: bool = False, out_dir: str | None = None):
             "fastgrpo": lambda: dpm_solver_2m_step(*args, backend="triton"),
             "fastgrpo_torch": lambda: dpm_solver_2m_step(*args, backend="torch"),
         }
-        if device.type != "cuda":
-            fns.pop("fastgrpo")
         for name, fn in fns.items():
+            if name == "fastgrpo" and device.type != "cuda":
+                continue
             label = f"{name} ({case.name}, batch {B})"
             if common.try_provider(label, fn, notes):
                 rows.append(common.measure(case, "sample", name, fn, ideal_bytes(v, x, x0_prev), copy_gbps, device))

@@ -27,8 +27,17 @@ except ImportError:  # run as a script: python benchmarks/bench_flow_step.py
     import common
 
 ETA = 0.7
-STEPS, STEP_INDEX = 10, 3  # a mid-schedule step of a 10-step SD3 schedule (shift 3)
+STEPS, STEP_INDEX, SHIFT = 10, 3, 3.0  # a mid-schedule step of a 10-step SD3 schedule
 WORKLOADS = ("rollout", "training")
+
+
+def shifted_sigmas(steps: int = STEPS, shift: float = SHIFT) -> torch.Tensor:
+    """diffusers' SD3 schedule, without diffusers: t = linspace(1, shifted(1/1000), steps), σ = shifted(t), then 0;
+    shifted(t) = shift·t/(1 + (shift − 1)·t)."""
+    def shifted(t):
+        return shift * t / (1.0 + (shift - 1.0) * t)
+    t = torch.linspace(1.0, shifted(1.0 / 1000), steps, dtype=torch.float64)
+    return torch.cat([shifted(t).float(), torch.zeros(1)])
 
 
 def anchor_sde_step(scheduler, v, timestep, x, eta=ETA, noise=None, x_next=None):
@@ -135,6 +144,8 @@ TARGETS = (  # (the issue's target, (case, batch) pairs it is judged at, row key
 def target_notes(rows: list[dict], device_slug: str) -> list[str]:
     """The issue's targets (on H100/H200, for the fused rollout step), judged from the fastgrpo rows of this run;
     the training rows are held to the same thresholds for information."""
+    if not any(r["provider"] == "fastgrpo" for r in rows):
+        return [f"Targets (H100/H200, the fastgrpo Triton provider): not evaluated on {device_slug} (no fastgrpo rows)."]
     out = []
     for workload in WORKLOADS:
         tag = "target" if workload == "rollout" else "same threshold, not a stated target"
@@ -151,13 +162,23 @@ def target_notes(rows: list[dict], device_slug: str) -> list[str]:
     return out
 
 
-def main(quick: bool = False, out_dir: str | None = None):
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def make_scheduler(device: torch.device):
+    """The anchor's diffusers scheduler (SD3: shift 3), or None when diffusers is not installed."""
+    try:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+    except ImportError:
+        return None
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT)
+    scheduler.set_timesteps(STEPS, device=device)
+    return scheduler
 
+
+def main(quick: bool = False, out_dir: str | None = None):
+    """Measure every case × workload × provider on the default device; write results/<device>/flow_step.*"""
     device = common.pick_device()
     copy_gbps = common.copy_bandwidth(device)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    scheduler.set_timesteps(STEPS, device=device)
+    scheduler = make_scheduler(device)
+    sig = scheduler.sigmas if scheduler is not None else shifted_sigmas().to(device)
     notes = [
         f"Step {STEP_INDEX} of a {STEPS}-step SD3 schedule (shift 3), η = {ETA}; v bf16, x / ε / x' fp32 (the "
         "recipes' dtypes); every provider gets the same ε (RNG cost excluded) except compat_flow_grpo, which "
@@ -170,27 +191,33 @@ def main(quick: bool = False, out_dir: str | None = None):
         "peak_mib (CUDA, training): extra memory at the peak of one forward+backward (includes the bf16 grad_v); "
         "an fp32 copy of the latents would add 4 B/elem per copy.",
     ]
+    skipped = set()
+    if scheduler is None:
+        skipped |= {"anchor_eager", "compat_flow_grpo"}
+        notes.append("anchor_eager and compat_flow_grpo skipped: diffusers is not installed (they take its "
+                     "FlowMatchEulerDiscreteScheduler); σ, σ' from the same SD3 schedule, computed directly.")
     if device.type != "cuda":
-        notes.append("fastgrpo (Triton) skipped: Triton cannot launch on CPU tensors (TRITON_INTERPRET=1 would "
-                     "interpret it, far too slowly to time); fastgrpo_torch is the path CPU users get.")
+        skipped.add("fastgrpo")
+        notes.append(common.CPU_NOTE)
     rows = []
     for case in common.select_cases(quick, device):
         B = case.batch
         v = common.randn(case.shape, torch.bfloat16, device)
         x = common.randn(case.shape, torch.float32, device)
         noise = common.randn(case.shape, torch.float32, device)
-        sigma = scheduler.sigmas[STEP_INDEX].expand(B).contiguous()
-        sigma_next = scheduler.sigmas[STEP_INDEX + 1].expand(B).contiguous()
-        timestep = scheduler.timesteps[STEP_INDEX].expand(B).contiguous()
+        sigma = sig[STEP_INDEX].expand(B).contiguous()
+        sigma_next = sig[STEP_INDEX + 1].expand(B).contiguous()
+        # the anchor looks σ up by exact equality with the schedule's timesteps: pass them, one per sample
+        timestep = scheduler.timesteps[STEP_INDEX].expand(B).contiguous() if scheduler is not None else None
         x_next = flow_step(v, x, sigma, sigma_next, ETA, noise=noise, backend="torch").x_next
         for workload in WORKLOADS:
             common.release(device)
             other = noise if workload == "rollout" else x_next
             fns = providers(workload, scheduler, v, x, sigma, sigma_next, timestep, other, notes)
-            if device.type != "cuda":
-                fns.pop("fastgrpo")
             nbytes = ideal_bytes(workload, v, x, other)
             for name, fn in fns.items():
+                if name in skipped:
+                    continue
                 label = f"{name} ({case.name}, batch {B}, {workload})"
                 if common.try_provider(label, fn, notes):
                     rows.append(common.measure(case, workload, name, fn, nbytes, copy_gbps, device,

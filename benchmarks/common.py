@@ -44,6 +44,11 @@ QUICK_CASES = [Case("sd3_512", 1, _LATENTS["sd3_512"]), Case("sd3_512", 8, _LATE
                Case("flux_1024", 1, _LATENTS["flux_1024"])]
 
 
+CPU_NOTE = ("CPU run: fastgrpo (Triton) skipped — Triton cannot launch on CPU tensors (TRITON_INTERPRET=1 would "
+            "interpret it, far too slowly to time); fastgrpo_torch is the path CPU users get. The small CPU cases fit "
+            "in cache, so copy_frac (against a 256 MiB DRAM copy) can exceed 1; timings on a shared machine are noisy.")
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -114,6 +119,8 @@ def environment(device: torch.device | None = None) -> dict:
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
