@@ -145,7 +145,7 @@ def target_notes(rows: list[dict], device_slug: str) -> list[str]:
     """The issue's targets (on H100/H200, for the fused rollout step), judged from the fastgrpo rows of this run;
     the training rows are held to the same thresholds for information."""
     if not any(r["provider"] == "fastgrpo" for r in rows):
-        return [f"Targets (H100/H200, the fastgrpo Triton provider): not evaluated on {device_slug} (no fastgrpo rows)."]
+        return [f"Targets (H100/H200, fastgrpo Triton provider): not evaluated on {device_slug} (no fastgrpo rows)."]
     out = []
     for workload in WORKLOADS:
         tag = "target" if workload == "rollout" else "same threshold, not a stated target"

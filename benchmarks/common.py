@@ -94,12 +94,13 @@ def _git(*args: str) -> str:
 
 
 def git_commit() -> str:
-    """Short commit of the working tree, ``+dirty`` when it has changes; ``unknown`` without git."""
+    """Short commit of the working tree, ``+dirty`` when it has changes. Without git (a copied tree on a GPU
+    machine): ``FASTGRPO_BENCH_COMMIT`` if set (pass the checkout's commit along), else ``unknown``."""
     try:
         commit = _git("rev-parse", "--short", "HEAD")
         return commit + ("+dirty" if _git("status", "--porcelain") else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("FASTGRPO_BENCH_COMMIT", "unknown")
 
 
 def environment(device: torch.device | None = None) -> dict:
@@ -209,11 +210,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_results(name: str, rows: list[dict], notes: list[str], out_dir: str | None = None, *,
                   copy_gbps: float | None = None, device: torch.device | None = None) -> tuple[Path, Path]:
-    """Write ``<results>/<device_slug>/<name>.json`` (environment, rows, notes) and ``<name>.md`` (header, notes,
-    table); ``<results>`` is ``benchmarks/results`` or ``out_dir``. Prints the markdown; returns both paths."""
+    """Write ``<name>.json`` (environment, rows, notes) and ``<name>.md`` (header, notes, table) into ``out_dir``,
+    by default ``benchmarks/results/<device_slug>/``. Prints the markdown; returns both paths."""
     device = device or pick_device()
     env = environment(device)
-    folder = Path(out_dir or RESULTS) / env["device_slug"]
+    folder = Path(out_dir) if out_dir else RESULTS / env["device_slug"]
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
     json_path.write_text(json.dumps({"benchmark": name, "environment": env, "copy_bandwidth_gbps": copy_gbps,

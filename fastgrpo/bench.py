@@ -1,7 +1,7 @@
 """``fastgrpo bench [name] [--quick]``: run the benchmark scripts in ``benchmarks/bench_<name>.py``.
 
 The ``benchmarks/`` folder is looked up in the current directory first, then in the repository next to the
-installed package (an editable install). Results go to ``benchmarks/results/<device>/`` (or ``out_dir/<device>/``).
+installed package (an editable install). Results go to ``benchmarks/results/<device>/``, or to ``out_dir``.
 """
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ def available(folder: Path) -> list[str]:
 def run(name: Optional[str], quick: bool, out_dir: Optional[str]) -> int:
     """Run ``benchmarks/bench_<name>.py``'s ``main(quick=, out_dir=)``, or every benchmark when ``name`` is None.
 
-    Returns 0 when every benchmark ran (or the first non-zero code a ``main`` returned); raises a ValueError that
-    lists the available names for an unknown ``name``."""
+    Returns an exit code: 0 when every benchmark ran (or the first non-zero code a ``main`` returned); 2 for an
+    unknown ``name``, after printing the available names to stderr."""
     folder = find_benchmarks()
     names = available(folder)
     if name is not None:
         name = name.removeprefix("bench_").removesuffix(".py")
         if name not in names:
-            raise ValueError(f"unknown benchmark {name!r}; available: {', '.join(names)}")
+            print(f"fastgrpo bench: unknown benchmark {name!r}; available: {', '.join(names)}", file=sys.stderr)
+            return 2
     root = str(folder.parent)
     if sys.path[:1] != [root]:  # ahead of any other importable ``benchmarks``
         sys.path.insert(0, root)

@@ -33,11 +33,13 @@ def _dpm_2m_fwd_kernel(v_ptr, x_ptr, x0_prev_ptr, sigma_ptr, sigma_next_ptr, sig
     d = d_a
     if HAS_PREV:
         s_b = tl.load(sigma_prev_ptr + row * stride_sigma_prev).to(tl.float32)
+        # q → 0 when σ' = 0 (final step) or σ_b = 1 (λ_b = −∞); safe values keep the logs finite there
+        use = (s_n > 0.0) & (s_b < 1.0)
+        s_n_safe = tl.where(use, s_n, 0.5)
+        s_b_safe = tl.where(use, s_b, 0.5)
         lam_a = tl.log((1.0 - s_a) / s_a)
-        lam_b = tl.log((1.0 - s_b) / s_b)
-        s_n_safe = tl.where(s_n > 0.0, s_n, 0.5)
         h = tl.log((1.0 - s_n_safe) / s_n_safe) - lam_a
-        q = tl.where(s_n > 0.0, h / (2.0 * (lam_a - lam_b)), 0.0)
+        q = tl.where(use, h / (2.0 * (lam_a - tl.log((1.0 - s_b_safe) / s_b_safe))), 0.0)
         d_b = tl.load(x0_prev_ptr + row64 * stride_prev + offs, mask=mask, other=0.0).to(tl.float32)
         d = d_a + q * (d_a - d_b)
     tl.store(x_out_ptr + row64 * N + offs, (c_x * x + k * d).to(x_out_ptr.dtype.element_ty), mask=mask)
