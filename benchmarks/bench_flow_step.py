@@ -109,6 +109,8 @@ def providers(workload, scheduler, v, x, sigma, sigma_next, timestep, other, not
             "torch_compile": lambda: compiled(v, x, sigma, sigma_next, other),
             "fastgrpo": lambda: flow_step(v, x, sigma, sigma_next, ETA, noise=other, backend="triton"),
             "fastgrpo_torch": lambda: flow_step(v, x, sigma, sigma_next, ETA, noise=other, backend="torch"),
+            # ε drawn in-kernel (Philox): no ε tensor to generate, write and read back
+            "fastgrpo_seed": lambda: flow_step(v, x, sigma, sigma_next, ETA, seed=1234, backend="triton"),
         }
         try:
             from fastgrpo.compat.flow_grpo import sde_step_with_logprob
@@ -188,6 +190,10 @@ def main(quick: bool = False, out_dir: str | None = None):
         "copy bandwidth.",
         "torch_compile: default mode, compiled afresh per case (dynamic=False shapes); training compiles the "
         "log-prob and backpropagates through it. speedup_vs_* = that provider's ms / this row's ms.",
+        "ms: do_bench median (CUDA events, L2 flushed; host overhead hidden behind the flush). loop_ms (CUDA): "
+        "50 back-to-back calls / 50 — what an eager loop sees, host overhead included.",
+        "fastgrpo_seed draws ε in-kernel from a seed: it moves 10 B/elem, not 14; its gbps/copy_frac use the same "
+        "14 B/elem as the others, so they read as the effective rate of the whole rollout step.",
         "peak_mib (CUDA, training): extra memory at the peak of one forward+backward (includes the bf16 grad_v); "
         "an fp32 copy of the latents would add 4 B/elem per copy.",
     ]
@@ -197,7 +203,7 @@ def main(quick: bool = False, out_dir: str | None = None):
         notes.append("anchor_eager and compat_flow_grpo skipped: diffusers is not installed (they take its "
                      "FlowMatchEulerDiscreteScheduler); σ, σ' from the same SD3 schedule, computed directly.")
     if device.type != "cuda":
-        skipped.add("fastgrpo")
+        skipped |= {"fastgrpo", "fastgrpo_seed"}
         notes.append(common.CPU_NOTE)
     rows = []
     for case in common.select_cases(quick, device):

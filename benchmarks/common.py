@@ -147,6 +147,20 @@ def bench(fn: Callable[[], object], device: torch.device, budget_s: float = 1.0)
     return 1e3 * statistics.median(times)
 
 
+def loop_ms(fn: Callable[[], object], device: torch.device, calls: int = 50) -> float | None:
+    """CUDA only: ms per call of ``calls`` back-to-back calls, synchronised once — what an eager training loop
+    sees, host (Python, launch) overhead included where it exceeds the GPU time. None on CPU."""
+    if device.type != "cuda":
+        return None
+    fn()
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize(device)
+    return 1e3 * (time.perf_counter() - t0) / calls
+
+
 def copy_bandwidth(device: torch.device) -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read + written), median of repeated ``dst.copy_(src)`` on
     1 GiB (CUDA) or 256 MiB (CPU) of fp32."""
@@ -238,6 +252,8 @@ def measure(case: Case, workload: str, provider: str, fn: Callable[[], object], 
     gbps = nbytes / (ms * 1e-3) / 1e9
     row = {"case": case.name, "batch": case.batch, "workload": workload, "provider": provider, "ms": ms,
            "gbps": gbps, "copy_frac": gbps / copy_gbps}
+    if device.type == "cuda":
+        row["loop_ms"] = loop_ms(fn, device)
     if memory and device.type == "cuda":
         row["peak_mib"] = peak_memory_mib(fn, device)
     return row
