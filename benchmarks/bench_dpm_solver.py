@@ -88,6 +88,11 @@ def main(quick: bool = False, out_dir: str | None = None):
         del v, x, x0_prev, args, fns
     common.release(device)
     common.add_speedups(rows, {"speedup_vs_eager": "eager", "speedup_vs_torch_compile": "torch_compile"})
+    if device.type == "cuda":
+        notes.append("gpu_ms: GPU time per call from a CUDA graph of 20 calls (no host overhead); gpu_speedup_* "
+                     "compare gpu_ms.")
+        common.add_speedups(rows, {"gpu_speedup_vs_eager": "eager", "gpu_speedup_vs_torch_compile": "torch_compile"},
+                            key="gpu_ms")
     common.write_results("dpm_solver", rows, notes, out_dir, copy_gbps=copy_gbps, device=device)
     return 0
 

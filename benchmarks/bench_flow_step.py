@@ -136,9 +136,12 @@ def providers(workload, scheduler, v, x, sigma, sigma_next, timestep, other, not
 
 
 TARGETS = (  # (the target, (case, batch) pairs it is judged at, row key, threshold)
-    ("≥85% of copy bandwidth at SD3.5-M 1024², batch ≥24", {("sd3_1024", 24), ("sd3_1024", 48)}, "copy_frac", 0.85),
-    ("≥5× over anchor_eager at 512², batch 24", {("sd3_512", 24)}, "speedup_vs_anchor_eager", 5.0),
-    ("≥1.5× over torch_compile (judged at 512² batch 24 and 1024² batch ≥24)",
+    ("≥85% of copy bandwidth at SD3.5-M 1024², batch ≥24 (GPU time)", {("sd3_1024", 24), ("sd3_1024", 48)},
+     "gpu_copy_frac", 0.85),
+    ("≥5× over anchor_eager at 512², batch 24 (do_bench)", {("sd3_512", 24)}, "speedup_vs_anchor_eager", 5.0),
+    ("≥1.5× over torch_compile, GPU time (judged at 512² batch 24 and 1024² batch ≥24)",
+     {("sd3_512", 24), ("sd3_1024", 24), ("sd3_1024", 48)}, "gpu_speedup_vs_torch_compile", 1.5),
+    ("≥1.5× over torch_compile, do_bench (same cases)",
      {("sd3_512", 24), ("sd3_1024", 24), ("sd3_1024", 48)}, "speedup_vs_torch_compile", 1.5),
 )
 
@@ -157,7 +160,7 @@ def target_notes(rows: list[dict], device_slug: str) -> list[str]:
             if not found:
                 verdict = "not measured in this run"
             else:
-                shown = ", ".join(f"{r['case']} b{r['batch']}: " + (f"{100 * r[key]:.0f}%" if key == "copy_frac"
+                shown = ", ".join(f"{r['case']} b{r['batch']}: " + (f"{100 * r[key]:.0f}%" if key.endswith("copy_frac")
                                                                    else f"{r[key]:.2f}×") for r in found)
                 verdict = f"{shown} → {'met' if all(r[key] >= goal for r in found) else 'NOT met'}"
             out.append(f"{workload} on {device_slug} ({tag}): {what}: {verdict}")
@@ -190,8 +193,11 @@ def main(quick: bool = False, out_dir: str | None = None):
         "copy bandwidth.",
         "torch_compile: default mode, compiled afresh per case (dynamic=False shapes); training compiles the "
         "log-prob and backpropagates through it. speedup_vs_* = that provider's ms / this row's ms.",
-        "ms: do_bench median (CUDA events, L2 flushed; host overhead hidden behind the flush). loop_ms (CUDA): "
-        "50 back-to-back calls / 50 — what an eager loop sees, host overhead included.",
+        "ms: do_bench median (CUDA events, L2 flushed between calls); where a call's host time (Python, launch) "
+        "exceeds the flush, ms includes it. loop_ms (CUDA): 50 back-to-back eager calls / 50. gpu_ms (CUDA): GPU "
+        "time per call from a CUDA graph of 20 calls — the kernel cost when launches run ahead, as in training "
+        "(anchor_eager and compat_flow_grpo sync the host per sample and cannot be captured). gpu_copy_frac: "
+        "ideal bytes / gpu_ms against the copy bandwidth; gpu_speedup_vs_torch_compile compares gpu_ms.",
         "fastgrpo_seed draws ε in-kernel from a seed: it moves 10 B/elem, not 14; its gbps/copy_frac use the same "
         "14 B/elem as the others, so they read as the effective rate of the whole rollout step.",
         "peak_mib (CUDA, training): extra memory at the peak of one forward+backward (includes the bf16 grad_v); "
@@ -227,12 +233,15 @@ def main(quick: bool = False, out_dir: str | None = None):
                 label = f"{name} ({case.name}, batch {B}, {workload})"
                 if common.try_provider(label, fn, notes):
                     rows.append(common.measure(case, workload, name, fn, nbytes, copy_gbps, device,
-                                               memory=workload == "training"))
+                                               memory=workload == "training",
+                                               graphable=name not in ("anchor_eager", "compat_flow_grpo")))
                     print(f"{label}: {rows[-1]['ms']:.3f} ms", flush=True)
         del v, x, noise, x_next
     common.release(device)
     common.add_speedups(rows, {"speedup_vs_anchor_eager": "anchor_eager",
                                "speedup_vs_torch_compile": "torch_compile"})
+    if device.type == "cuda":
+        common.add_speedups(rows, {"gpu_speedup_vs_torch_compile": "torch_compile"}, key="gpu_ms")
     notes += target_notes(rows, common.device_slug(device))
     common.write_results("flow_step", rows, notes, out_dir, copy_gbps=copy_gbps, device=device)
     return 0

@@ -161,6 +161,34 @@ def loop_ms(fn: Callable[[], object], device: torch.device, calls: int = 50) -> 
     return 1e3 * (time.perf_counter() - t0) / calls
 
 
+def graph_ms(fn: Callable[[], object], reps: int = 20) -> float:
+    """CUDA: GPU time per call, from ``reps`` calls captured in one CUDA graph and replayed (median of 10 replays,
+    CUDA events). No host overhead: what the GPU spends when the step is launched ahead of time, as in a
+    training loop whose GPU is busy with the transformer."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    del graph
+    return statistics.median(times)
+
+
 def copy_bandwidth(device: torch.device) -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read + written), median of repeated ``dst.copy_(src)`` on
     1 GiB (CUDA) or 256 MiB (CPU) of fp32."""
@@ -196,13 +224,13 @@ def try_provider(label: str, fn: Callable[[], object], notes: list[str]) -> bool
         return False
 
 
-def add_speedups(rows: list[dict], baselines: dict[str, str]) -> None:
-    """Add ``column = baseline ms / row ms`` for rows of the same case and workload (None where missing)."""
+def add_speedups(rows: list[dict], baselines: dict[str, str], key: str = "ms") -> None:
+    """Add ``column = baseline[key] / row[key]`` for rows of the same case and workload (None where missing)."""
     for row in rows:
         for column, provider in baselines.items():
-            base = next((r["ms"] for r in rows if r["provider"] == provider and r["case"] == row["case"]
+            base = next((r.get(key) for r in rows if r["provider"] == provider and r["case"] == row["case"]
                          and r["batch"] == row["batch"] and r["workload"] == row["workload"]), None)
-            row[column] = base / row["ms"] if base is not None else None
+            row[column] = base / row[key] if (base is not None and row.get(key)) else None
 
 
 def _fmt(value) -> str:
@@ -245,15 +273,24 @@ def write_results(name: str, rows: list[dict], notes: list[str], out_dir: str | 
 
 
 def measure(case: Case, workload: str, provider: str, fn: Callable[[], object], nbytes: int, copy_gbps: float,
-            device: torch.device, memory: bool = False) -> dict:
-    """One result row: median ms, achieved GB/s (ideal bytes / time), fraction of the copy bandwidth, and on CUDA
-    with ``memory`` the peak extra memory of one call."""
+            device: torch.device, memory: bool = False, graphable: bool = True) -> dict:
+    """One result row: median ms (do_bench), achieved GB/s (ideal bytes / time) and its fraction of the copy
+    bandwidth; on CUDA also the eager loop time, the CUDA-graph GPU time (``graphable`` providers: no host sync)
+    with its bandwidth fraction, and with ``memory`` the peak extra memory of one call."""
     ms = bench(fn, device)
     gbps = nbytes / (ms * 1e-3) / 1e9
     row = {"case": case.name, "batch": case.batch, "workload": workload, "provider": provider, "ms": ms,
            "gbps": gbps, "copy_frac": gbps / copy_gbps}
     if device.type == "cuda":
         row["loop_ms"] = loop_ms(fn, device)
+        row["gpu_ms"] = None
+        if graphable:
+            try:
+                row["gpu_ms"] = graph_ms(fn)
+            except Exception as err:  # a provider that cannot be captured keeps its do_bench time only
+                print(f"{provider}: CUDA graph capture failed ({type(err).__name__}: {err})")
+                torch.cuda.synchronize()
+        row["gpu_copy_frac"] = nbytes / (row["gpu_ms"] * 1e-3) / 1e9 / copy_gbps if row["gpu_ms"] else None
     if memory and device.type == "cuda":
         row["peak_mib"] = peak_memory_mib(fn, device)
     return row

@@ -67,7 +67,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(v, x, x_given if x_given is not None else output[0], mu_ref, sigma, sigma_next)
 
 
-def _backward(ctx, g_x_next, g_lp, g_mean, g_std, g_kl):
+def _backward(ctx, g_x_next, g_lp, g_mean, g_std, g_kl, bwd=_bwd_op):
     v, x, x_next, mu_ref, sigma, sigma_next = ctx.saved_tensors
     B = v.shape[0]
     # autograd hands expanded (stride-0) grads for sums; the kernel reads one value per sample
@@ -75,9 +75,25 @@ def _backward(ctx, g_x_next, g_lp, g_mean, g_std, g_kl):
     g_kl = g_kl.float().contiguous() if (g_kl is not None and mu_ref is not None) else None
     g_mean = g_mean if (g_mean is not None and g_mean.numel() == v.numel()) else None
     need_x = ctx.needs_input_grad[1]
-    grad_v, grad_x = _bwd_op(g_lp, g_kl, g_mean, v, x, x_next, mu_ref, sigma, sigma_next, ctx.eta, ctx.family,
-                             ctx.logprob, ctx.kl_divisor, need_x)
+    grad_v, grad_x = bwd(g_lp, g_kl, g_mean, v, x, x_next, mu_ref, sigma, sigma_next, ctx.eta, ctx.family,
+                         ctx.logprob, ctx.kl_divisor, need_x)
     return (grad_v, grad_x if need_x else None) + (None,) * 12
+
+
+class FlowStepFunction(torch.autograd.Function):
+    """The eager path: the same launchers and backward as the custom op, without the dispatcher's per-call cost
+    (measured on an H100 host: the custom-op route added ~75 µs to a rollout call and ~1 ms to a training call)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _kernels().flow_step_fwd(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[0], output[3])
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads, bwd=_kernels().flow_step_bwd)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -151,7 +167,9 @@ def flow_step(v: Tensor, x: Tensor, sigma: Scalar, sigma_next: Scalar, eta: floa
         # a host-side draw: reproducible under torch.manual_seed / generator, no device sync
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator if (
             generator is not None and generator.device.type == "cpu") else None).item())
-    x_out, log_prob, mean, std, kl = _fwd_op(v, x, sigma_t, sigma_next_t, float(eta), noise, x_next, mu_ref,
-                                             int(seed or 0), family, logprob, kl_divisor, out_dtype, return_mean)
+    # under torch.compile the registered custom op (traceable, no graph break); eagerly the autograd.Function
+    step = _fwd_op if torch.compiler.is_compiling() else FlowStepFunction.apply
+    x_out, log_prob, mean, std, kl = step(v, x, sigma_t, sigma_next_t, float(eta), noise, x_next, mu_ref,
+                                          int(seed or 0), family, logprob, kl_divisor, out_dtype, return_mean)
     return FlowStepOutput(x_next if x_next is not None else x_out, log_prob, mean if return_mean else None, std,
                           kl if mu_ref is not None else None)
