@@ -89,7 +89,7 @@ def main():
                 out = io.StringIO()
                 pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(18)
                 print(f"--- cProfile {name} (200 calls)\n" + "\n".join(out.getvalue().splitlines()[6:30]))
-        if n >= 2**24:
+        if n >= 2**23:
             orig = K._block
             for block in (1024, 2048, 4096, 8192):
                 for warps in (4, 8, 16):
