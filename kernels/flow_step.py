@@ -5,8 +5,13 @@ with per-sample scalars (a, b, s) computed in-kernel from σ, σ', η, so a roll
 once and writes x' once: 3–4 tensors of traffic, against ~15 for the anchors' eager expression.
 
 Grid: (cdiv(N, BLOCK), B) over a (B, N) view (N = elements per sample, rows may be strided). Each program writes
-its partial sum of the log-prob (and KL) to a (B, n_blocks) buffer; the caller sums the partials in a fixed order,
-so the result is deterministic (no atomics) — the rollout and the replay give bit-identical log-probs.
+its partial sum of the log-prob (and KL) to a (B, n_blocks) buffer and increments its row's arrival counter; the
+last program of a row sums the row's partials in index order and resets the counter. One launch, and a
+deterministic result (no floating-point atomics): the rollout and the replay give bit-identical log-probs.
+Measured on an H100 (benchmarks/results/h100): the separate ``partials.sum(1)`` launch this replaces cost ~3 µs of
+GPU time per call, ~8% of the step at SD3.5-M 1024² batch 24.
+The counters live in a per-device workspace that every launch leaves zeroed: warm up once before CUDA-graph
+capture, and do not run two steps on one device concurrently from different streams.
 """
 from __future__ import annotations
 
@@ -78,11 +83,11 @@ def _kl_weight(s, g, KL_DIV: tl.constexpr):
 @triton.jit
 def _flow_step_fwd_kernel(
     v_ptr, x_ptr, noise_ptr, x_given_ptr, mu_ref_ptr, sigma_ptr, sigma_next_ptr,
-    x_out_ptr, mean_ptr, lp_part_ptr, kl_part_ptr, std_ptr,
+    x_out_ptr, mean_ptr, lp_part_ptr, kl_part_ptr, std_ptr, lp_ptr, kl_ptr, counter_ptr,
     N, n_blocks, eta, seed,
     stride_v, stride_x, stride_noise, stride_given, stride_ref, stride_sigma, stride_sigma_next,
     FAMILY: tl.constexpr, LOGPROB: tl.constexpr, KL_DIV: tl.constexpr, MODE: tl.constexpr,
-    HAS_REF: tl.constexpr, WRITE_MEAN: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REF: tl.constexpr, WRITE_MEAN: tl.constexpr, BLOCK: tl.constexpr, RBLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
@@ -125,6 +130,24 @@ def _flow_step_fwd_kernel(
         tl.store(mean_ptr + row64 * N + offs, mu, mask=mask)
     if pid_n == 0:
         tl.store(std_ptr + row, s)
+
+    # the last program to arrive in this row reduces the row's partials, in index order (deterministic)
+    tl.debug_barrier()  # this program's partial stores happen before its release below
+    arrived = tl.atomic_add(counter_ptr + row, 1, sem="acq_rel")
+    if arrived == n_blocks - 1:
+        idx = tl.arange(0, RBLOCK)
+        total = tl.zeros((RBLOCK,), dtype=tl.float32)
+        total_kl = tl.zeros((RBLOCK,), dtype=tl.float32)
+        for start in range(0, n_blocks, RBLOCK):
+            part = start + idx
+            keep = part < n_blocks
+            total += tl.load(lp_part_ptr + row * n_blocks + part, mask=keep, other=0.0, volatile=True)
+            if HAS_REF:
+                total_kl += tl.load(kl_part_ptr + row * n_blocks + part, mask=keep, other=0.0, volatile=True)
+        tl.store(lp_ptr + row, tl.sum(total, axis=0))
+        if HAS_REF:
+            tl.store(kl_ptr + row, tl.sum(total_kl, axis=0))
+        tl.store(counter_ptr + row, 0)  # leave the workspace zeroed for the next launch
 
 
 @triton.jit
@@ -209,23 +232,38 @@ def flow_step_fwd(v, x, sigma, sigma_next, eta, noise, x_given, mu_ref, seed, fa
         mu_ref, sr = row_view(mu_ref)
     else:
         mu_ref, sr = v, 0
+    has_ref = mu_ref is not v
     x_out = torch.empty(v.shape if mode != MODE_GIVEN else (0,), device=dev, dtype=out_dtype)
     mean = torch.empty(v.shape if write_mean else (0,), device=dev, dtype=f32)
-    lp_part = torch.empty((B, n_blocks), device=dev, dtype=f32)
-    kl_part = torch.empty((B, n_blocks) if mu_ref is not v else (0,), device=dev, dtype=f32)
-    std = torch.empty((B,), device=dev, dtype=f32)
+    parts = torch.empty((2 if has_ref else 1) * B * n_blocks, device=dev, dtype=f32)  # lp, then kl partials
+    lp_part, kl_part = parts[:B * n_blocks], parts[B * n_blocks:]
+    # separate buffers: a custom op's outputs may not alias one another
+    log_prob, std = torch.empty(B, device=dev, dtype=f32), torch.empty(B, device=dev, dtype=f32)
+    kl = torch.empty(B if has_ref else 0, device=dev, dtype=f32)
     if B and N:
         _flow_step_fwd_kernel[(n_blocks, B)](
             v, x, noise, x_given, mu_ref, sigma, sigma_next,
             x_out if mode != MODE_GIVEN else v, mean if write_mean else v, lp_part,
-            kl_part if mu_ref is not v else lp_part, std,
+            kl_part if has_ref else lp_part, std, log_prob, kl if has_ref else log_prob, _counters(dev, B),
             N, n_blocks, float(eta), int(seed),
             sv, sx, sn, sg, sr, _sample_stride(sigma), _sample_stride(sigma_next),
             FAMILY=FAMILY_IDS[family], LOGPROB=LOGPROB_IDS[logprob], KL_DIV=KL_IDS[kl_divisor], MODE=mode,
-            HAS_REF=mu_ref is not v, WRITE_MEAN=write_mean, BLOCK=block, num_warps=warps,
+            HAS_REF=has_ref, WRITE_MEAN=write_mean, BLOCK=block,
+            RBLOCK=min(1024, triton.next_power_of_2(n_blocks)), num_warps=warps,
         )
-    kl = kl_part.sum(1) if mu_ref is not v else torch.empty((0,), device=dev, dtype=f32)
-    return x_out, lp_part.sum(1), mean, std, kl
+    return x_out, log_prob, mean, std, kl
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, batch: int) -> torch.Tensor:
+    """Per-device arrival counters (int32, zero between launches: the last program of each row resets its own)."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < batch:
+        buf = torch.zeros(max(batch, 256), device=device, dtype=torch.int32)
+        _COUNTERS[device] = buf
+    return buf
 
 
 def flow_step_bwd(grad_lp, grad_kl, grad_mean, v, x, x_next, mu_ref, sigma, sigma_next, eta, family, logprob,

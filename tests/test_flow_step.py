@@ -261,3 +261,18 @@ def test_nan_check_is_opt_in():
     flow_step(v, x, s, sn, 0.7, backend="torch")  # no check, no sync
     with pytest.raises(ValueError, match="v contains NaN"):
         flow_step(v, x, s, sn, 0.7, check=True)
+
+
+def test_multi_block_rows_reduce_in_one_launch():
+    """Rows longer than one block: the last program of each row sums the partials; counters are left at zero."""
+    from fastgrpo.kernels.flow_step import _COUNTERS
+
+    v, x, s, sn = random_step((2, 3, 70, 50), seed=18)  # 10,500 elements per sample: 3 blocks
+    x_next, mu_ref = torch.randn_like(v), torch.randn_like(v)
+    got = flow_step(v, x, s, sn, 0.7, x_next=x_next, mu_ref=mu_ref, backend="triton")
+    want = flow_step(v, x, s, sn, 0.7, x_next=x_next, mu_ref=mu_ref, backend="torch")
+    _close(got.log_prob, want.log_prob, rtol=1e-5, atol=1e-5)
+    _close(got.kl, want.kl, rtol=1e-5, atol=1e-5)
+    assert torch.all(_COUNTERS[v.device] == 0)
+    again = flow_step(v, x, s, sn, 0.7, x_next=x_next, mu_ref=mu_ref, backend="triton")
+    assert torch.equal(again.log_prob, got.log_prob) and torch.equal(again.kl, got.kl)

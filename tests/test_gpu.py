@@ -56,6 +56,21 @@ def test_cuda_seeded_noise_and_replay_bit_identical():
     assert torch.equal(replay.log_prob, roll.log_prob)  # first PPO ratio exactly 1, batch 8, bf16 storage
 
 
+def test_cuda_one_launch_reduction_is_deterministic():
+    """64 programs per row race to finish; the last one reduces in index order: identical results every time."""
+    from fastgrpo.kernels.flow_step import _COUNTERS
+    v, x, s, sn = random_step((24, 16, 128, 128), torch.bfloat16, device=CUDA, seed=9)
+    x_next, mu_ref = torch.randn(v.shape, device=CUDA), torch.randn(v.shape, device=CUDA)
+    first = flow_step(v, x, s, sn, 0.7, x_next=x_next, mu_ref=mu_ref)
+    want = flow_step(v, x, s, sn, 0.7, x_next=x_next, mu_ref=mu_ref, backend="torch")
+    torch.testing.assert_close(first.log_prob, want.log_prob, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(first.kl, want.kl, rtol=1e-5, atol=1e-5)
+    for _ in range(50):
+        out = flow_step(v, x, s, sn, 0.7, x_next=x_next, mu_ref=mu_ref)
+        assert torch.equal(out.log_prob, first.log_prob) and torch.equal(out.kl, first.kl)
+    assert torch.all(_COUNTERS[v.device] == 0)
+
+
 def test_cuda_no_host_sync():
     v, x, s, sn = random_step((4, 16, 32, 32), device=CUDA, seed=4)
     noise = torch.randn_like(v)
