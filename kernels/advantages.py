@@ -92,7 +92,8 @@ def _group_adv_kernel(r_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, batch_std
             idx = tl.load(order_ptr + start + mm, mask=mmask, other=0)
             tmask = mmask[:, None] & kmask[None, :]
             tile = tl.load(r_ptr + idx[:, None] * K + kk[None, :], mask=tmask, other=0.0)
-            z = tl.where(spread[None, :] & tmask, (tile - mean[None, :]) / (scale[None, :] + eps), 0.0)
+            live = spread[None, :] & tmask
+            z = tl.where(live, (tile - mean[None, :]) / tl.where(live, scale[None, :] + eps, 1.0), 0.0)
             if POOLED:
                 local = z
                 if HAS_CLIP:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops import group_advantages
 from ..reference.flow_step import step_coefficients
 
 
@@ -35,3 +36,28 @@ def flowsde_prob_func(image_latents: Tensor, pred_velocity: Tensor, sigma_input,
         return torch.where(variance > 0, -sq / (2 * torch.where(variance > 0, variance, 1.0)), torch.zeros_like(sq))
 
     return log_prob_fn, mean_next
+
+
+def compute_relative_adv(rewards: Tensor, adv_clip_max: float) -> Tensor:
+    """AdaGRPO's local advantage for one group: clamp((r − mean)/(std + 1e-8), ±adv_clip_max), unbiased std
+    (a constant group gives exactly 0)."""
+    ids = torch.zeros(rewards.numel(), dtype=torch.int64, device=rewards.device)
+    out = group_advantages(rewards.reshape(-1), ids, std="unbiased", eps=1e-8, clip=adv_clip_max)
+    return out.advantages.reshape(rewards.shape).to(rewards.dtype)
+
+
+class _EMA:
+    def __init__(self, mean, std, device):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        # the released function takes σ_ema (already sqrt(max(v, 1e-8))); group_advantages takes v
+        self.var = torch.as_tensor(std, dtype=torch.float32, device=device) ** 2
+        self.ready = torch.ones((), dtype=torch.bool, device=device)
+
+
+def compute_ema_adv(rewards: Tensor, ema_mean, ema_std, adv_clip_max: float) -> Tensor:
+    """AdaGRPO's global advantage for one group: z = (r − μ_ema)/(σ_ema + 1e-8); positives scaled to sum +1 and
+    negatives to −1 (z − mean(z) when either side sums to < 1e-6); clamp ±adv_clip_max."""
+    ids = torch.zeros(rewards.numel(), dtype=torch.int64, device=rewards.device)
+    out = group_advantages(rewards.reshape(-1), ids, std="unbiased", eps=1e-8, clip=adv_clip_max,
+                           ema=_EMA(ema_mean, ema_std, rewards.device), global_clip=adv_clip_max)
+    return out.global_.reshape(rewards.shape).to(rewards.dtype)

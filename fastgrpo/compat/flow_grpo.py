@@ -68,3 +68,106 @@ def sde_step_with_logprob(self, model_output: Tensor, timestep, sample: Tensor, 
     if return_sqrt_dt:
         result += (per_sample_view(sqrt_dt, nd),)
     return result
+
+
+class PerPromptStatTracker:
+    """Drop-in for Flow-GRPO's ``flow_grpo/stat_tracking.py`` ``PerPromptStatTracker``, built on
+    ``fastgrpo.ops.group_advantages`` (fp64 on the host, like the anchor's numpy).
+
+    ``update(prompts, rewards, type)`` returns a numpy array of advantages:
+    ``grpo``: (r − mean_p)/(std_p + 1e-4), population std over all rewards seen for the prompt since ``clear()``
+    (or over the whole update's rewards with ``global_std``); ``rwr``: the raw reward; ``sft``: 1 for the group's
+    maximum (ties too), else 0; ``dpo``: +1 at the first argmax, −1 at the first argmin (when they coincide, −1 at
+    the group's first sample and +1 at its second, as the anchor).
+    Differences: rewards accumulate per prompt across ``update`` calls until ``clear()`` — the anchor intends this
+    but raises AttributeError when a prompt repeats before ``clear()``; a singleton group under ``dpo`` gets 0
+    (the anchor raises IndexError); a group with equal rewards gets exactly 0 under ``grpo``. Prompts are mapped
+    to group ids with one dict pass (the anchor compares the whole prompt array once per unique prompt: quadratic).
+    """
+
+    def __init__(self, global_std: bool = False):
+        self.global_std = global_std
+        self.stats: dict[str, list] = {}
+        self.history_prompts: set[int] = set()
+
+    def update(self, prompts, rewards, type: str = "grpo"):  # noqa: A002 — the anchor's argument name
+        import numpy as np
+
+        from ..ops import group_advantages
+
+        if type not in ("grpo", "rwr", "sft", "dpo"):
+            raise ValueError(f"type must be one of 'grpo', 'rwr', 'sft', 'dpo', got {type!r}")
+        rewards = np.asarray(rewards, dtype=np.float64)
+        prompts = list(prompts)
+        if len(prompts) != rewards.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {rewards.shape[0]} rewards")
+        if type == "rwr":
+            self._remember(prompts, rewards)
+            return rewards.copy()
+        slot: dict[str, int] = {}
+        ids = np.fromiter((slot.setdefault(p, len(slot)) for p in prompts), dtype=np.int64, count=len(prompts))
+        if type in ("sft", "dpo"):
+            self._remember(prompts, rewards)
+            return _rank_advantages(torch.from_numpy(rewards), torch.from_numpy(ids), type).numpy()
+        history = [self.stats.get(p) for p in slot]
+        past = [(i, np.asarray(h)) for i, h in enumerate(history) if h]
+        self._remember(prompts, rewards)
+        all_rewards, all_ids = rewards, ids
+        if past:
+            all_rewards = np.concatenate([rewards] + [h for _, h in past])
+            all_ids = np.concatenate([ids] + [np.full(len(h), i, dtype=np.int64) for i, h in past])
+        all_rewards = torch.from_numpy(all_rewards.reshape(len(all_ids), -1))
+        all_ids = torch.from_numpy(all_ids)
+        n = len(prompts)
+        if self.global_std:  # the std of this update's rewards replaces the per-prompt std (per column)
+            centred = all_rewards - _group_mean(all_rewards, all_ids)
+            adv = centred[:n] / (all_rewards[:n].std(0, correction=0) + 1e-4)
+        else:  # one column at a time: a 2-D reward array keeps its columns apart, as the anchor's axis=0 stats
+            adv = torch.stack([group_advantages(all_rewards[:, c], all_ids, std="population", eps=1e-4,
+                                                backend="torch").advantages[:n]
+                               for c in range(all_rewards.shape[1])], 1)
+        return adv.numpy().reshape(rewards.shape)
+
+    def _remember(self, prompts, rewards) -> None:
+        for p, r in zip(prompts, rewards):
+            self.stats.setdefault(p, []).append(r)
+        self.history_prompts.update(hash(p) for p in set(prompts))
+
+    def get_stats(self):
+        """``(average rewards stored per prompt, number of distinct prompts ever seen)``, as the anchor."""
+        avg_group_size = sum(len(v) for v in self.stats.values()) / len(self.stats) if self.stats else 0
+        return avg_group_size, len(self.history_prompts)
+
+    def clear(self) -> None:
+        self.stats = {}
+
+
+def _group_mean(values: Tensor, ids: Tensor) -> Tensor:
+    """(N, C) values → each row's group mean (N, C)."""
+    n = ids.numel()
+    sums = torch.zeros((n, values.shape[1]), dtype=values.dtype).index_add_(0, ids, values)
+    counts = torch.zeros(n, dtype=values.dtype).index_add_(0, ids, torch.ones(n, dtype=values.dtype))
+    return (sums / counts.clamp(min=1).unsqueeze(1))[ids]
+
+
+def _rank_advantages(rewards: Tensor, ids: Tensor, kind: str) -> Tensor:
+    """``sft``/``dpo`` advantages per group, vectorised (first argmax / argmin as torch.argmax/argmin pick)."""
+    n = ids.numel()
+    order = torch.arange(n)
+    gmax = torch.full((n,), float("-inf"), dtype=rewards.dtype).scatter_reduce_(0, ids, rewards, "amax")
+    if kind == "sft":
+        return (rewards == gmax[ids]).to(rewards.dtype)
+    gmin = torch.full((n,), float("inf"), dtype=rewards.dtype).scatter_reduce_(0, ids, rewards, "amin")
+    big = torch.full((n,), n, dtype=torch.int64)
+    first_max = big.clone().scatter_reduce_(0, ids, torch.where(rewards == gmax[ids], order, n), "amin")
+    first_min = big.clone().scatter_reduce_(0, ids, torch.where(rewards == gmin[ids], order, n), "amin")
+    first = big.clone().scatter_reduce_(0, ids, order, "amin")
+    second = big.clone().scatter_reduce_(0, ids, torch.where(order == first[ids], n, order), "amin")
+    tie = first_max == first_min
+    plus = torch.where(tie, second, first_max)
+    minus = torch.where(tie, first, first_min)
+    adv = torch.zeros_like(rewards)
+    adv = torch.where(order == plus[ids], torch.ones_like(adv), adv)
+    adv = torch.where(order == minus[ids], -torch.ones_like(adv), adv)
+    counts = torch.zeros(n, dtype=torch.int64).index_add_(0, ids, torch.ones_like(ids))
+    return torch.where(counts[ids] > 1, adv, torch.zeros_like(adv))
