@@ -144,3 +144,40 @@ def test_cuda_compat_flow_grpo_with_cuda_generator():
                                                              sched.sigmas[[1, 3, 6, 9]]).view(-1, 1, 1, 1) * noise,
                                rtol=1e-5, atol=1e-5)
     assert torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("options", [dict(), dict(std="unbiased", eps=1e-8, clip=5.0, global_std=True),
+                                     dict(weights=torch.tensor([0.3, 0.7]), aggregate="sum_zscore"),
+                                     dict(pooled=True), dict(fuse=True)])
+def test_cuda_group_advantages_match_reference(options):
+    from fastgrpo.algorithms import CapabilityTracker
+    from fastgrpo.ops import group_advantages
+    options = dict(options)
+    n = 4096 * 16
+    rewards = torch.randn(n, 2, device=CUDA)
+    ids = torch.randint(0, 4096, (n,), device=CUDA) * 1_000_003
+    if options.pop("fuse", False):
+        tracker = CapabilityTracker(device=CUDA)
+        tracker.update(torch.randn(10, device=CUDA))
+        options["ema"] = tracker
+    if "weights" in options:
+        options["weights"] = options["weights"].to(CUDA)
+    got = group_advantages(rewards, ids, backend="triton", **options)
+    want = group_advantages(rewards, ids, backend="torch", **options)
+    torch.testing.assert_close(got.advantages, want.advantages, rtol=1e-4, atol=1e-4)
+    assert got.num_groups.item() == want.num_groups.item()
+    again = group_advantages(rewards, ids, backend="triton", **options)
+    assert torch.equal(again.advantages, got.advantages)  # no float atomics in the advantages
+
+
+def test_cuda_group_advantages_no_host_sync():
+    from fastgrpo.ops import group_advantages
+    rewards = torch.randn(512 * 24, device=CUDA)
+    ids = torch.randint(0, 512, (512 * 24,), device=CUDA)
+    group_advantages(rewards, ids, check_finite=False)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        group_advantages(rewards, ids, check_finite=False, std="unbiased", eps=1e-8, clip=5.0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -87,13 +87,15 @@ class PerPromptStatTracker:
 
     def __init__(self, global_std: bool = False):
         self.global_std = global_std
-        self.stats: dict[str, list] = {}
+        # one record per update since clear(): (distinct prompts, their ids per sample, rewards); the per-prompt
+        # view is built only when a prompt repeats, so the usual update-then-clear costs no per-prompt work
+        self._batches: list[tuple[dict, "np.ndarray", "np.ndarray"]] = []
         self.history_prompts: set[int] = set()
 
     def update(self, prompts, rewards, type: str = "grpo"):  # noqa: A002 — the anchor's argument name
         import numpy as np
 
-        from ..ops import group_advantages
+        from ..ops import group_advantages, keys_to_group_ids
 
         if type not in ("grpo", "rwr", "sft", "dpo"):
             raise ValueError(f"type must be one of 'grpo', 'rwr', 'sft', 'dpo', got {type!r}")
@@ -101,17 +103,15 @@ class PerPromptStatTracker:
         prompts = list(prompts)
         if len(prompts) != rewards.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {rewards.shape[0]} rewards")
+        ids_t, unique = keys_to_group_ids(prompts, return_keys=True)
+        ids = ids_t.numpy()
+        past = self._past(unique)
+        self._batches.append((dict(zip(unique, range(len(unique)))), ids, rewards))
+        self.history_prompts.update(map(hash, unique))
         if type == "rwr":
-            self._remember(prompts, rewards)
             return rewards.copy()
-        slot: dict[str, int] = {}
-        ids = np.fromiter((slot.setdefault(p, len(slot)) for p in prompts), dtype=np.int64, count=len(prompts))
         if type in ("sft", "dpo"):
-            self._remember(prompts, rewards)
-            return _rank_advantages(torch.from_numpy(rewards), torch.from_numpy(ids), type).numpy()
-        history = [self.stats.get(p) for p in slot]
-        past = [(i, np.asarray(h)) for i, h in enumerate(history) if h]
-        self._remember(prompts, rewards)
+            return _rank_advantages(torch.from_numpy(rewards), ids_t, type).numpy()
         all_rewards, all_ids = rewards, ids
         if past:
             all_rewards = np.concatenate([rewards] + [h for _, h in past])
@@ -128,18 +128,42 @@ class PerPromptStatTracker:
                                for c in range(all_rewards.shape[1])], 1)
         return adv.numpy().reshape(rewards.shape)
 
-    def _remember(self, prompts, rewards) -> None:
-        for p, r in zip(prompts, rewards):
-            self.stats.setdefault(p, []).append(r)
-        self.history_prompts.update(hash(p) for p in set(prompts))
+    def _past(self, unique):
+        """(id in this update, earlier rewards) for this update's prompts seen before since ``clear()``."""
+        import numpy as np
+
+        past = []
+        for i, prompt in enumerate(unique):
+            chunks = [r[ids == slot[prompt]] for slot, ids, r in self._batches if prompt in slot]
+            if chunks:
+                past.append((i, np.concatenate(chunks)))
+        return past if self._batches else []
+
+    @property
+    def stats(self) -> dict:
+        """Prompt → rewards stored since ``clear()`` (the anchor's attribute, built on demand)."""
+        import numpy as np
+
+        out: dict = {}
+        for slot, ids, r in self._batches:
+            for prompt, i in slot.items():
+                out.setdefault(prompt, []).append(r[ids == i])
+        return {p: np.concatenate(chunks) for p, chunks in out.items()}
 
     def get_stats(self):
         """``(average rewards stored per prompt, number of distinct prompts ever seen)``, as the anchor."""
-        avg_group_size = sum(len(v) for v in self.stats.values()) / len(self.stats) if self.stats else 0
+        import numpy as np
+
+        counts: dict = {}
+        for slot, ids, _ in self._batches:
+            per_id = np.bincount(ids, minlength=len(slot))
+            for prompt, i in slot.items():
+                counts[prompt] = counts.get(prompt, 0) + int(per_id[i])
+        avg_group_size = sum(counts.values()) / len(counts) if counts else 0
         return avg_group_size, len(self.history_prompts)
 
     def clear(self) -> None:
-        self.stats = {}
+        self._batches = []
 
 
 def _group_mean(values: Tensor, ids: Tensor) -> Tensor:

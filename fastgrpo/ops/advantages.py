@@ -18,6 +18,21 @@ from ..reference import advantages as reference
 STD_KINDS = ("population", "unbiased")
 
 
+def keys_to_group_ids(keys, device=None, *, return_keys: bool = False):
+    """Group ids (int64, first-appearance order) for hashable keys such as prompt strings, in linear time.
+
+    ``dict.fromkeys`` and ``map`` run the hashing loop in C; the anchors instead compare the whole prompt array
+    once per unique prompt (quadratic). With ``return_keys`` also returns the distinct keys in id order."""
+    import numpy as np
+
+    keys = list(keys)
+    unique = list(dict.fromkeys(keys))
+    slot = dict(zip(unique, range(len(unique))))
+    ids = torch.from_numpy(np.fromiter(map(slot.__getitem__, keys), dtype=np.int64, count=len(keys)))
+    ids = ids.to(device) if device is not None else ids
+    return (ids, unique) if return_keys else ids
+
+
 def _check(rewards: Tensor, group_ids: Tensor, weights: Optional[Tensor], std: str, aggregate: str, pooled: bool,
            ema, check_finite: bool) -> None:
     if not isinstance(rewards, Tensor) or not rewards.is_floating_point() or rewards.dim() not in (1, 2):
