@@ -1,11 +1,11 @@
-# fastgrpo: `make demo` runs the main job, `make test` the tests; each creates the venv when missing.
+# fastgrpo: `make train` runs the main job, `make test` the tests; each creates the venv when missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU wheel on a CPU machine; on a CUDA box, install your CUDA torch into the venv first (see README)
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.7.1
 
-.PHONY: install demo test test-gpu bench clean
+.PHONY: install train demo test test-gpu bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(VENV)/bin/fastgrpo train --config configs/default.yaml
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/fastgrpo demo

@@ -9,6 +9,16 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="GRPO training (default: AdaGRPO + MixGRPO on the embedded shapes world)")
+    tr.add_argument("--config", default=None, help="a YAML file (see configs/)")
+    tr.add_argument("--resume", default=None, help="a run directory to continue")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=20 window.size=2")
+    pre = sub.add_parser("pretrain-world", help="flow-matching pretraining of the embedded world's weights")
+    pre.add_argument("--minutes", type=float, default=10.0)
+    pre.add_argument("--out", default=None, help="default: the weights shipped in the package")
+    smp = sub.add_parser("sample", help="render a grid of every training prompt from a run's checkpoint")
+    smp.add_argument("run_dir")
+    smp.add_argument("--out", default="samples.png")
     demo = sub.add_parser("demo", help="sample with every step family on an analytic flow; check replay ratios")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--batch", type=int, default=64)
@@ -18,6 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default=None, help="write results here instead of benchmarks/results/<device>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.command == "train":
+        from .train import load_config, train
+        train(load_config(args.config, tuple(args.overrides)), resume=args.resume)
+        return 0
+    if args.command == "pretrain-world":
+        from .world import WEIGHTS
+        from .world.pretrain import pretrain
+        pretrain(minutes=args.minutes, out=args.out or WEIGHTS)
+        return 0
+    if args.command == "sample":
+        from .train.sample import render_run
+        render_run(args.run_dir, args.out)
+        return 0
     if args.command == "demo":
         from .demo import run
         run(batch=args.batch, device=args.device)

@@ -1,0 +1,205 @@
+"""Typed training configuration: nested dataclasses, YAML files, ``key=value`` overrides, unknown keys rejected
+with the nearest valid name."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..reference.flow_step import FAMILIES
+
+SCHEDULES = ("progressive", "frozen", "random", "linear_decay", "exp_decay")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    kind: str = "world"
+    """Only the embedded shapes world is wired into the loop so far; local SD3/FLUX pipelines come next."""
+    path: Optional[str] = None
+    """World weights (safetensors); default: the weights shipped in the package."""
+
+    def __post_init__(self):
+        if self.kind != "world":
+            raise ValueError(f"model.kind={self.kind!r}: only 'world' is supported by this version of the trainer")
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    steps: int = 10
+    """T, denoising steps per rollout."""
+    shift: float = 3.0
+    """SD3 time shift of the σ schedule."""
+    eta: float = 0.7
+    """Noise level η of the SDE steps."""
+    family: str = "flow_sde"
+    """Step family inside the window (fastgrpo.ops.flow_step)."""
+    guidance: float = 1.0
+    """Classifier-free guidance scale in sampling and training (1 = off)."""
+
+    def __post_init__(self):
+        if self.steps < 2:
+            raise ValueError(f"sampling.steps must be >= 2, got {self.steps}")
+        if self.family not in FAMILIES or self.family == "ode":
+            raise ValueError(f"sampling.family must be an SDE family of {FAMILIES[:-1]}, got {self.family!r}")
+        if self.eta <= 0:
+            raise ValueError(f"sampling.eta must be > 0 (the SDE steps need noise), got {self.eta}")
+
+
+@dataclass(kw_only=True)
+class WindowConfig:
+    size: int = 4
+    """SDE (and trained) steps per rollout, MixGRPO's w."""
+    stride: int = 1
+    """Steps the window moves at each shift."""
+    shift_interval: int = 10
+    """Iterations between window moves, MixGRPO's τ (25 over its 300 iterations; 10 for 40-iteration runs)."""
+    schedule: str = "progressive"
+    """progressive | frozen | random | linear_decay | exp_decay."""
+    flash: bool = False
+    """MixGRPO-Flash: after the window, DPM-Solver++ 2M on a coarser grid."""
+    flash_ratio: float = 0.4
+    """Flash: post-window points n = max(1, int((T − last)·r))."""
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"window.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.size < 1 or self.stride < 1 or self.shift_interval < 1:
+            raise ValueError("window.size, window.stride and window.shift_interval must be >= 1")
+        if not 0 < self.flash_ratio <= 1:
+            raise ValueError(f"window.flash_ratio must be in (0, 1], got {self.flash_ratio}")
+
+
+@dataclass(kw_only=True)
+class AdaGRPOConfig:
+    curriculum: bool = True
+    """Online curriculum filtering: train the candidates whose ODE anchor reward is nearest the capability EMA."""
+    candidates: int = 16
+    """B: candidate prompts per iteration (one deterministic anchor rollout each)."""
+    keep: int = 4
+    """k: prompts trained per iteration (without the curriculum, k random prompts)."""
+    decay: float = 0.8
+    """α of the capability EMA."""
+    fusion: bool = True
+    """Cross-level fusion: add the calibrated global EMA advantage to the group advantage."""
+    fusion_weight: float = 1.0
+
+    def __post_init__(self):
+        if not 1 <= self.keep <= self.candidates:
+            raise ValueError(f"adagrpo.keep must be in [1, adagrpo.candidates={self.candidates}], got {self.keep}")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_range: float = 1e-4
+    """PPO ε."""
+    adv_clip: float = 5.0
+    kl_beta: float = 0.0
+    """β of Flow-GRPO's KL to the initial model (0: no reference model kept)."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    adagrpo: AdaGRPOConfig = field(default_factory=AdaGRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    iterations: int = 40
+    group_size: int = 8
+    """G: samples per prompt."""
+    seed: int = 0
+    eval_every: int = 10
+    checkpoint_every: int = 10
+    out_dir: str = "runs/default"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.window.size > self.sampling.steps - 1:
+            raise ValueError(f"window.size={self.window.size} must be < sampling.steps={self.sampling.steps}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a group needs spread), got {self.group_size}")
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _nearest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {prefix + key!r}{_nearest(key, fields)}")
+        f = fields[key]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {prefix + key!r} is a section; give its fields")
+            kwargs[key] = _build(sub, value, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(prefix + key, f.type, value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, annotation, value):
+    kind = str(annotation)
+    try:
+        if value is None and "Optional" in kind:
+            return None
+        if "bool" in kind:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if "int" in kind and "float" not in kind:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if "float" in kind:
+            return float(value)
+        return str(value) if value is not None else None
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {name!r} expects {kind}, got {value!r}") from None
+
+
+def load_config(path: Optional[str] = None, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys: ``window.size=2``)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: the config file must hold a mapping of keys")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. window.size=2)")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"config key {key!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return _build(TrainConfig, values)
+
+
+def dump_config(config: TrainConfig, path) -> None:
+    import yaml
+
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(config), fh, sort_keys=False)

@@ -1,0 +1,276 @@
+"""The training loop: AdaGRPO (online curriculum filtering + cross-level advantage fusion) with MixGRPO's sliding
+window (and Flash), on the embedded shapes world. Each iteration:
+
+1. candidates: B training prompts; each gets one deterministic ODE anchor rollout and its reward;
+2. curriculum: the capability EMA folds in the anchor rewards; the k prompts nearest μ_ema are kept
+   (``adagrpo.curriculum=false``: k prompts at random — plain MixGRPO);
+3. rollouts: G samples per kept prompt, SDE only inside the window (fused step, in-kernel noise), stored window
+   steps only;
+4. rewards → advantages: group z-score (unbiased, ε 1e-8, clamp) + the calibrated global EMA advantage
+   (``adagrpo.fusion``) in one ``group_advantages`` launch;
+5. update: PPO-clip over the window steps, gradients accumulated over prompts and steps, one AdamW step per
+   iteration (so the first ratio is exactly 1), gradient clipping.
+All randomness is derived from (seed, iteration), so a resumed run reproduces the uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..algorithms import CapabilityTracker, ppo_clip_loss
+from ..ops import flow_step, group_advantages
+from ..world import World, shapes
+from . import checkpoint, report
+from .config import TrainConfig, dump_config, to_dict
+from .rollout import guided_velocity, sample
+from .schedule import flash_sigmas, sigmas, window
+
+EVAL_SEED = 12345
+
+
+@dataclass
+class Prompts:
+    combos: torch.Tensor
+    texts: list[str]
+
+
+def _prompts(combos) -> Prompts:
+    combos = torch.tensor(combos)
+    return Prompts(combos, [shapes.prompt(tuple(c)) for c in combos.tolist()])
+
+
+def _noise(n: int, shape, seed: int) -> torch.Tensor:
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str | None = None):
+        self.cfg = config
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.world = World.load(config.model.path, self.device)
+        self.model = self.world.transformer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+                                           weight_decay=config.optim.weight_decay)
+        self.tracker = CapabilityTracker(config.adagrpo.decay, device=self.device)
+        self.iteration = 0
+        self.history: list[dict] = []
+        self.nonfinite_in_a_row = 0
+        self.out = Path(config.out_dir)
+        self.train_prompts = _prompts(shapes.TRAIN)
+        self.heldout_prompts = _prompts(shapes.HELD_OUT)
+        self.empty = self.world.encode_prompts([""]) if config.sampling.guidance > 1 else None
+        self.sigmas = sigmas(config.sampling.steps, config.sampling.shift)
+        self._stop = False
+        if resume is not None:
+            self._resume(resume)
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"iteration": self.iteration, "config": to_dict(self.cfg), "optimizer": self.optimizer.state_dict(),
+                "tracker": self.tracker.state_dict(), "history": self.history}
+
+    def _resume(self, run_dir: str) -> None:
+        model_state, state = checkpoint.load(run_dir)
+        saved, current = state["config"], to_dict(self.cfg)
+        for key in ("sampling", "window", "adagrpo", "group_size", "seed", "model"):
+            if saved.get(key) != current.get(key):
+                raise ValueError(f"--resume {run_dir}: its config differs in {key!r} ({saved.get(key)} vs "
+                                 f"{current.get(key)}); resume with the run's own config")
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.iteration = state["iteration"]
+        self.history = state["history"]
+
+    def save(self) -> Path:
+        return checkpoint.save(self.out, self.iteration, self.model, self._state())
+
+    # ---- pieces --------------------------------------------------------------------------------------------
+    def _text(self, texts: list[str]):
+        return self.world.encode_prompts(texts)
+
+    def _empty(self, n: int):
+        if self.empty is None:
+            return None
+        from ..world import TextEmbeddings
+        return TextEmbeddings(self.empty.hidden.expand(n, -1, -1), self.empty.pooled.expand(n, -1))
+
+    def _reward(self, latents: torch.Tensor, combos: torch.Tensor) -> torch.Tensor:
+        return shapes.reward(self.world.codec.decode(latents), combos)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Fixed-seed ODE samples of every training and held-out prompt: mean reward and exact correctness."""
+        cfg = self.cfg.sampling
+        out = {}
+        self.model.eval()
+        for name, prompts in (("train", self.train_prompts), ("heldout", self.heldout_prompts)):
+            n = len(prompts.texts)
+            noise = _noise(n, self.world.codec.latent_shape, EVAL_SEED).to(self.device)
+            traj = sample(self.model, noise, self.sigmas, self._text(prompts.texts), self._empty(n),
+                          guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
+            images = self.world.codec.decode(traj.latents)
+            out[f"eval_{name}_reward"] = shapes.reward(images, prompts.combos).mean().item()
+            out[f"eval_{name}_correct"] = shapes.correct(images, prompts.combos).float().mean().item()
+            if name == "train":
+                self._last_eval_images = images[:32]
+        self.model.train()
+        return out
+
+    def _select(self, seed: int) -> tuple[Prompts, dict]:
+        """Candidates, their ODE anchors, the EMA update and the kept prompts."""
+        ada, cfg = self.cfg.adagrpo, self.cfg.sampling
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(self.train_prompts.texts), generator=g)[:ada.candidates]
+        cand = Prompts(self.train_prompts.combos[pick], [self.train_prompts.texts[i] for i in pick.tolist()])
+        stats = {}
+        if not (ada.curriculum or ada.fusion):
+            keep = torch.arange(ada.keep)
+        else:
+            n = len(cand.texts)
+            noise = _noise(n, self.world.codec.latent_shape, seed + 1).to(self.device)
+            traj = sample(self.model, noise, self.sigmas, self._text(cand.texts), self._empty(n),
+                          guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
+            anchor = self._reward(traj.latents, cand.combos)
+            self.tracker.update(anchor)
+            keep = self.tracker.select(anchor, ada.keep).cpu() if ada.curriculum else torch.arange(ada.keep)
+            stats = {"anchor_reward": anchor.mean().item(), "ema_mean": self.tracker.mean.item()}
+        return Prompts(cand.combos[keep], [cand.texts[i] for i in keep.tolist()]), stats
+
+    def step(self) -> dict:
+        """One iteration; returns its metrics."""
+        cfg, ada, opt_cfg = self.cfg, self.cfg.adagrpo, self.cfg.optim
+        seed = cfg.seed * 1_000_003 + self.iteration * 7919
+        t0 = time.perf_counter()
+        kept, stats = self._select(seed)
+        t_select = time.perf_counter()
+        start, end = window(cfg.window, cfg.sampling.steps, self.iteration, cfg.iterations, cfg.seed)
+        grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio)
+                if cfg.window.flash else self.sigmas)
+        G = cfg.group_size
+        trajs, rewards = [], []
+        self.model.eval()
+        for p, text in enumerate(kept.texts):
+            noise = _noise(G, self.world.codec.latent_shape, seed + 100 + p).to(self.device)
+            traj = sample(self.model, noise, grid, self._text([text] * G), self._empty(G),
+                          guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
+                          window=(start, end), seed=seed + 200 + p, flash=cfg.window.flash)
+            trajs.append(traj)
+            rewards.append(self._reward(traj.latents, kept.combos[p].expand(G, 3)))
+        self.model.train()
+        t_rollout = time.perf_counter()
+        rewards = torch.cat(rewards)
+        if not torch.isfinite(rewards).all():
+            return self._nonfinite("rewards")
+        ids = torch.arange(len(kept.texts), device=rewards.device).repeat_interleave(G)
+        adv = group_advantages(rewards, ids, std="unbiased", eps=1e-8, clip=opt_cfg.adv_clip,
+                               ema=self.tracker if ada.fusion else None, fusion_weight=ada.fusion_weight,
+                               check_finite=False)
+        t_adv = time.perf_counter()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        steps = len(trajs[0].x)
+        ratios, clipfrac, losses = [], [], []
+        for p, traj in enumerate(trajs):
+            a = adv.advantages[p * G:(p + 1) * G]
+            text, empty = self._text([kept.texts[p]] * G), self._empty(G)
+            for j in range(steps):
+                v = guided_velocity(self.model, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
+                lp = flow_step(v, traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta,
+                               family=cfg.sampling.family, x_next=traj.x_next[j]).log_prob
+                out = ppo_clip_loss(lp, traj.log_prob[j], a, opt_cfg.clip_range)
+                (out.loss / (steps * len(trajs))).backward()
+                ratios.append(torch.exp(lp.detach() - traj.log_prob[j]))
+                clipfrac.append(out.clipfrac)
+                losses.append(out.loss.detach())
+        loss = torch.stack(losses).mean()
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._nonfinite("loss")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt_cfg.grad_clip)
+        self.optimizer.step()
+        self.nonfinite_in_a_row = 0
+        t_update = time.perf_counter()
+        ratio = torch.cat(ratios)
+        return {"reward": rewards.mean().item(), "loss": loss.item(), "grad_norm": grad_norm.item(),
+                "first_ratio_max_dev": (ratio - 1).abs().max().item(), "clipfrac": torch.stack(clipfrac).mean().item(),
+                "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
+                "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
+                "t_update": t_update - t_adv, **stats}
+
+    def _nonfinite(self, what: str) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= 3:
+            raise RuntimeError(f"non-finite {what} in 3 iterations in a row (last at iteration {self.iteration}); "
+                               "stopping — lower optim.lr or check the reward")
+        return {"skipped": what}
+
+    # ---- driver --------------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop = True
+
+    def run(self, progress: bool = True) -> list[dict]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, self.out / "config.yaml")
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress, desc="fastgrpo train")
+            if self.iteration == 0 and not any("eval_train_reward" in h for h in self.history):
+                self._log({"iteration": 0, **self.evaluate()})
+            while self.iteration < cfg.iterations and not self._stop:
+                metrics = self.step()
+                self.iteration += 1
+                record = {"iteration": self.iteration, **metrics}
+                if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
+                    record.update(self.evaluate())
+                self._log(record)
+                bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}")
+                bar.update(1)
+                if self.iteration % cfg.checkpoint_every == 0:
+                    self.save()
+            bar.close()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.save()
+        self._summary()
+        return self.history
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        report.append_jsonl(self.out / "metrics.jsonl", record)
+        if "eval_train_reward" in record:
+            evals = [h for h in self.history if "eval_train_reward" in h]
+            report.save_curve(evals, ("eval_train_reward", "eval_train_correct", "eval_heldout_reward",
+                                      "eval_heldout_correct"), self.out / "reward_curve.png")
+            report.save_grid(self._last_eval_images, self.out / f"samples_{record['iteration']:05d}.png")
+
+    def _summary(self) -> None:
+        evals = [h for h in self.history if "eval_train_reward" in h]
+        if not evals:
+            return
+        first, last = evals[0], evals[-1]
+        print(f"\n{'metric':<22}{'start':>8}{'end':>8}")
+        for key in ("eval_train_reward", "eval_train_correct", "eval_heldout_reward", "eval_heldout_correct"):
+            print(f"{key:<22}{first[key]:>8.3f}{last[key]:>8.3f}")
+        steps = [h for h in self.history if "t_rollout" in h]
+        if steps:
+            parts = {k: sum(h[k] for h in steps) / len(steps) for k in ("t_select", "t_rollout", "t_advantage",
+                                                                         "t_update")}
+            print("seconds per iteration: " + ", ".join(f"{k[2:]} {v:.2f}" for k, v in parts.items()))
+        print(f"outputs in {self.out}")
+
+
+def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> list[dict]:
+    if math.isnan(config.optim.lr) or config.optim.lr <= 0:
+        raise ValueError(f"optim.lr must be > 0, got {config.optim.lr}")
+    return Trainer(config, resume).run(progress)

@@ -1,0 +1,68 @@
+"""Rollouts of the flow model with fastgrpo's ops: SDE inside the window (fused step + log-prob, in-kernel noise
+from a seed), Euler outside it, or DPM-Solver++ 2M after the window (Flash) seeded with the window's x̂0.
+Only the window steps are stored for training."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..ops import dpm_solver_2m_step, flow_step
+from ..world import TextEmbeddings, velocity
+
+
+@dataclass
+class Trajectory:
+    latents: Tensor
+    """(G, ...) final latents."""
+    x: list[Tensor]
+    """Per window step: the input sample (G, ...)."""
+    x_next: list[Tensor]
+    log_prob: list[Tensor]
+    """Per window step: (G,) log-prob of the stored x_next (the PPO 'old' log-prob)."""
+    sigma: list[float]
+    sigma_next: list[float]
+
+
+def guided_velocity(transformer, x: Tensor, sigma: float, text: TextEmbeddings, empty: TextEmbeddings | None,
+                    guidance: float) -> Tensor:
+    """v, with classifier-free guidance v_u + g·(v_c − v_u) when ``guidance`` > 1 (one batched forward)."""
+    s = torch.full((x.shape[0],), sigma, device=x.device)
+    if guidance <= 1.0 or empty is None:
+        return velocity(transformer, x, s, text)
+    both = TextEmbeddings(torch.cat([text.hidden, empty.hidden]), torch.cat([text.pooled, empty.pooled]))
+    v = velocity(transformer, torch.cat([x, x]), torch.cat([s, s]), both)
+    v_c, v_u = v.chunk(2)
+    return v_u + guidance * (v_c - v_u)
+
+
+@torch.no_grad()
+def sample(transformer, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: TextEmbeddings | None, *,
+           guidance: float, eta: float, family: str, window: tuple[int, int] = (0, 0), seed: int = 0,
+           flash: bool = False) -> Trajectory:
+    """Integrate from ``noise`` along ``sigmas`` (T'+1 values). Steps in [window) are SDE and stored."""
+    x = noise
+    start, end = window
+    traj = Trajectory(x, [], [], [], [], [])
+    x0_prev = sigma_prev = None
+    sig = sigmas.tolist()
+    for i in range(len(sig) - 1):
+        s, sn = sig[i], sig[i + 1]
+        v = guided_velocity(transformer, x, s, text, empty, guidance)
+        if start <= i < end:
+            out = flow_step(v, x, s, sn, eta, family=family, seed=seed * 1009 + i)
+            traj.x.append(x)
+            traj.x_next.append(out.x_next)
+            traj.log_prob.append(out.log_prob)
+            traj.sigma.append(s)
+            traj.sigma_next.append(sn)
+            x0_prev, sigma_prev = x - s * v, s  # the DPM history after the window (Flash)
+            x = out.x_next
+        elif flash and i >= end and end > 0:
+            x, x0_prev = dpm_solver_2m_step(v, x, s, sn, x0_prev, sigma_prev)
+            sigma_prev = s
+        else:
+            x = x + (sn - s) * v
+    traj.latents = x
+    return traj

@@ -1,0 +1,143 @@
+"""The trainer on the embedded world: exact first ratio, bit-exact resume, atomic checkpoints, config handling,
+window schedules, and the CLI."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastgrpo.train import load_config
+from fastgrpo.train import checkpoint as ckpt
+from fastgrpo.train.config import dump_config
+from fastgrpo.train.loop import Trainer
+from fastgrpo.train.schedule import flash_sigmas, sigmas, window
+from fastgrpo.world import shapes
+
+TINY = ("sampling.steps=4", "window.size=2", "adagrpo.candidates=4", "adagrpo.keep=2", "group_size=3",
+        "eval_every=1000", "checkpoint_every=1000")
+
+
+def _config(tmp_path, *extra):
+    return load_config(None, TINY + (f"out_dir={tmp_path}",) + extra)
+
+
+def test_first_ratio_is_exactly_one_at_batch_above_one(tmp_path):
+    trainer = Trainer(_config(tmp_path / "run"))
+    metrics = trainer.step()
+    assert metrics["first_ratio_max_dev"] == 0.0
+    assert metrics["grad_norm"] > 0
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
+    full = Trainer(_config(tmp_path / "full", "iterations=4"))
+    full.run(progress=False)
+    half = Trainer(_config(tmp_path / "half", "iterations=2"))
+    half.run(progress=False)
+    resumed = Trainer(_config(tmp_path / "half", "iterations=4"), resume=str(tmp_path / "half"))
+    assert resumed.iteration == 2
+    resumed.run(progress=False)
+    keys = ("reward", "loss", "grad_norm", "anchor_reward", "ema_mean")
+    steps_full = [{k: h[k] for k in keys} for h in full.history if "loss" in h]
+    steps_resumed = [{k: h[k] for k in keys} for h in resumed.history if "loss" in h]
+    assert steps_full == steps_resumed
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    Trainer(_config(tmp_path / "run", "iterations=1")).run(progress=False)
+    with pytest.raises(ValueError, match="window"):
+        Trainer(_config(tmp_path / "run", "window.size=1"), resume=str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="latest"):
+        Trainer(_config(tmp_path / "other"), resume=str(tmp_path / "nowhere"))
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    ckpt.save(tmp_path, 1, model, {"iteration": 1})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        ckpt.save(tmp_path, 2, model, {"iteration": 2})
+    weights, state = ckpt.load(tmp_path)
+    assert state["iteration"] == 1 and torch.equal(weights["weight"], before["weight"])
+    assert not any(p.name.startswith(".ckpt-tmp") for p in tmp_path.iterdir())
+
+
+def test_config_rejects_unknown_keys_and_round_trips(tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'window'"):
+        load_config(None, ("windoe.size=2",))
+    with pytest.raises(ValueError, match="adagrpo.keep"):
+        load_config(None, ("adagrpo.keep=40", "adagrpo.candidates=8"))
+    with pytest.raises(ValueError, match="window.size"):
+        load_config(None, ("window.size=12",))
+    with pytest.raises(ValueError, match="expects"):
+        load_config(None, ("group_size=many",))
+    config = load_config(None, ("window.flash=true", "optim.lr=0.001", "sampling.guidance=2.5"))
+    dump_config(config, tmp_path / "c.yaml")
+    assert load_config(str(tmp_path / "c.yaml")) == config
+
+
+def test_window_schedules_and_flash_grid():
+    cfg = load_config(None, ("window.shift_interval=2",)).window
+    starts = [window(cfg, 10, i, 100, 0)[0] for i in range(20)]
+    assert starts[:6] == [0, 0, 1, 1, 2, 2] and max(starts) <= 8
+    assert window(cfg, 10, 17, 100, 0) == (8, 9)  # clipped: the last step is always the ODE
+    frozen = load_config(None, ("window.schedule=frozen",)).window
+    assert {window(frozen, 10, i, 100, 0)[0] for i in range(50)} == {0}
+    rand = load_config(None, ("window.schedule=random",)).window
+    assert window(rand, 10, 5, 100, 0) == window(rand, 10, 5, 100, 0)
+    decay = load_config(None, ("window.schedule=exp_decay", "window.shift_interval=10")).window
+    late = [window(decay, 25, i, 100, 0)[0] for i in range(80, 100)]
+    assert len(set(late)) > 2  # the window moves faster late in training
+    base = sigmas(25, 3.0)
+    grid = flash_sigmas(base, 4, 25, 3.0, 0.4)
+    assert len(grid) - 1 - 4 == 7  # Flash at l = 0, w = 4, T = 25: 7 DPM-Solver++ steps after the window
+    assert torch.allclose(grid[4], base[4]) and grid[-1] == 0
+
+
+def test_flash_run_and_no_fusion_run(tmp_path):
+    Trainer(_config(tmp_path / "a", "window.flash=true", "iterations=1")).run(progress=False)
+    t = Trainer(_config(tmp_path / "b", "adagrpo.curriculum=false", "adagrpo.fusion=false", "iterations=1"))
+    t.run(progress=False)
+    assert "anchor_reward" not in t.history[-1]
+
+
+def test_world_reward_and_correctness_on_ground_truth():
+    combos = torch.tensor(shapes.COMBOS)
+    images = shapes.render(combos, torch.Generator().manual_seed(0))
+    assert shapes.correct(images, combos).all()
+    good = shapes.reward(images, combos)
+    for k, n in ((0, 5), (1, 3), (2, 5)):
+        wrong = combos.clone()
+        wrong[:, k] = (wrong[:, k] + 1) % n
+        assert (shapes.reward(images, wrong) < good).float().mean() > 0.9
+        assert not shapes.correct(images, wrong).any()
+    assert set(map(tuple, shapes.HELD_OUT)).isdisjoint(map(tuple, shapes.TRAIN))
+
+
+def test_cli_trains_two_iterations_and_stops_cleanly_on_sigterm(tmp_path):
+    env = dict(os.environ, FASTGRPO_BACKEND="torch")
+    cmd = [sys.executable, "-m", "fastgrpo.cli", "train", *TINY, "iterations=2", f"out_dir={tmp_path / 'cli'}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cli" / "reward_curve.png").is_file() and (tmp_path / "cli" / "latest").is_file()
+    cmd = [sys.executable, "-m", "fastgrpo.cli", "train", *TINY, "iterations=1000", f"out_dir={tmp_path / 'term'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "term" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    weights, state = ckpt.load(tmp_path / "term")
+    assert 0 < state["iteration"] < 1000 and weights
