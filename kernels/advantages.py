@@ -15,6 +15,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _members(r_ptr, order_ptr, start, m0, cnt, kk, kmask, K, BLOCK_M: tl.constexpr):
+    """The next BLOCK_M members of a group (through the sort order) and their (BLOCK_M, BLOCK_K) reward tile."""
+    mm = m0 + tl.arange(0, BLOCK_M)
+    mmask = mm < cnt
+    idx = tl.load(order_ptr + start + mm, mask=mmask, other=0)
+    tmask = mmask[:, None] & kmask[None, :]
+    tile = tl.load(r_ptr + idx[:, None] * K + kk[None, :], mask=tmask, other=0.0)
+    return idx, mmask, tmask, tile
+
+
+@triton.jit
 def _group_adv_kernel(r_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, batch_std_ptr, ema_ptr,
                       adv_ptr, local_ptr, global_ptr, stats_ptr,
                       K, eps, clip, fusion_weight, global_clip,
@@ -40,11 +51,7 @@ def _group_adv_kernel(r_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, batch_std
         neg = 0.0
         zsum = 0.0
         for m0 in range(0, cnt, BLOCK_M):
-            mm = m0 + tl.arange(0, BLOCK_M)
-            mmask = mm < cnt
-            idx = tl.load(order_ptr + start + mm, mask=mmask, other=0)
-            tmask = mmask[:, None] & kmask[None, :]
-            tile = tl.load(r_ptr + idx[:, None] * K + kk[None, :], mask=tmask, other=0.0)
+            idx, mmask, tmask, tile = _members(r_ptr, order_ptr, start, m0, cnt, kk, kmask, K, BLOCK_M)
             col_sum += tl.sum(tile, axis=0)
             col_min = tl.minimum(col_min, tl.min(tl.where(tmask, tile, float("inf")), axis=0))
             col_max = tl.maximum(col_max, tl.max(tl.where(tmask, tile, float("-inf")), axis=0))
@@ -69,11 +76,7 @@ def _group_adv_kernel(r_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, batch_std
         # pass 2: squared deviations (two-pass variance)
         col_ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for m0 in range(0, cnt, BLOCK_M):
-            mm = m0 + tl.arange(0, BLOCK_M)
-            mmask = mm < cnt
-            idx = tl.load(order_ptr + start + mm, mask=mmask, other=0)
-            tmask = mmask[:, None] & kmask[None, :]
-            tile = tl.load(r_ptr + idx[:, None] * K + kk[None, :], mask=tmask, other=0.0)
+            idx, mmask, tmask, tile = _members(r_ptr, order_ptr, start, m0, cnt, kk, kmask, K, BLOCK_M)
             dev = tl.where(tmask, tile - mean[None, :], 0.0)
             col_ss += tl.sum(dev * dev, axis=0)
         if POOLED:
@@ -87,11 +90,7 @@ def _group_adv_kernel(r_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, batch_std
 
         # pass 3: outputs
         for m0 in range(0, cnt, BLOCK_M):
-            mm = m0 + tl.arange(0, BLOCK_M)
-            mmask = mm < cnt
-            idx = tl.load(order_ptr + start + mm, mask=mmask, other=0)
-            tmask = mmask[:, None] & kmask[None, :]
-            tile = tl.load(r_ptr + idx[:, None] * K + kk[None, :], mask=tmask, other=0.0)
+            idx, mmask, tmask, tile = _members(r_ptr, order_ptr, start, m0, cnt, kk, kmask, K, BLOCK_M)
             live = spread[None, :] & tmask
             z = tl.where(live, (tile - mean[None, :]) / tl.where(live, scale[None, :] + eps, 1.0), 0.0)
             if POOLED:

@@ -81,6 +81,20 @@ def _kl_weight(s, g, KL_DIV: tl.constexpr):
 
 
 @triton.jit
+def _load_step(v_ptr, x_ptr, sigma_ptr, sigma_next_ptr, row, row64, pid_n, N, eta, stride_v, stride_x,
+               stride_sigma, stride_sigma_next, FAMILY: tl.constexpr, BLOCK: tl.constexpr):
+    """The row's step coefficients and this program's block of v and x (bf16/fp16 → fp32 right after the load)."""
+    sigma = tl.load(sigma_ptr + row * stride_sigma).to(tl.float32)
+    sigma_next = tl.load(sigma_next_ptr + row * stride_sigma_next).to(tl.float32)
+    a, b, s, g = _step_coeffs(sigma, sigma_next, eta, FAMILY)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    v = tl.load(v_ptr + row64 * stride_v + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row64 * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    return offs, mask, v, x, a, b, s, g
+
+
+@triton.jit
 def _flow_step_fwd_kernel(
     v_ptr, x_ptr, noise_ptr, x_given_ptr, mu_ref_ptr, sigma_ptr, sigma_next_ptr,
     x_out_ptr, mean_ptr, lp_part_ptr, kl_part_ptr, std_ptr, lp_ptr, kl_ptr, counter_ptr,
@@ -92,15 +106,8 @@ def _flow_step_fwd_kernel(
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     row64 = row.to(tl.int64)
-    sigma = tl.load(sigma_ptr + row * stride_sigma).to(tl.float32)
-    sigma_next = tl.load(sigma_next_ptr + row * stride_sigma_next).to(tl.float32)
-    a, b, s, g = _step_coeffs(sigma, sigma_next, eta, FAMILY)
-
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    # bf16/fp16 are converted right after the load: all math in fp32
-    v = tl.load(v_ptr + row64 * stride_v + offs, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + row64 * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    offs, mask, v, x, a, b, s, g = _load_step(v_ptr, x_ptr, sigma_ptr, sigma_next_ptr, row, row64, pid_n, N, eta,
+                                              stride_v, stride_x, stride_sigma, stride_sigma_next, FAMILY, BLOCK)
     mu = a * x + b * v
 
     if MODE == 2:
@@ -163,14 +170,8 @@ def _flow_step_bwd_kernel(
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     row64 = row.to(tl.int64)
-    sigma = tl.load(sigma_ptr + row * stride_sigma).to(tl.float32)
-    sigma_next = tl.load(sigma_next_ptr + row * stride_sigma_next).to(tl.float32)
-    a, b, s, g = _step_coeffs(sigma, sigma_next, eta, FAMILY)
-
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    v = tl.load(v_ptr + row64 * stride_v + offs, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + row64 * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    offs, mask, v, x, a, b, s, g = _load_step(v_ptr, x_ptr, sigma_ptr, sigma_next_ptr, row, row64, pid_n, N, eta,
+                                              stride_v, stride_x, stride_sigma, stride_sigma_next, FAMILY, BLOCK)
     x_next = tl.load(x_next_ptr + row64 * stride_next + offs, mask=mask, other=0.0).to(tl.float32)
     mu = a * x + b * v
 

@@ -1,7 +1,7 @@
 """Diagnostics for the fused step on CUDA: GPU-only time (CUDA-graph replay), host overhead per call, a cProfile of
 the host path, and a BLOCK / num_warps sweep of the forward kernel. Prints a report; not part of `fastgrpo bench`.
 
-    python benchmarks/tools/profile_flow_step.py
+    python -m benchmarks.tools.profile_flow_step
 """
 from __future__ import annotations
 
@@ -12,33 +12,9 @@ import time
 
 import torch
 
+from benchmarks.common import graph_ms
 from fastgrpo.kernels import flow_step as K
 from fastgrpo.ops import flow_step
-
-
-def graph_ms(fn, reps: int = 20) -> float:
-    """GPU time per call: ``reps`` calls captured in one CUDA graph, replayed, timed with events."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / reps)
-    return sorted(times)[len(times) // 2]
 
 
 def host_us(fn, calls: int = 300) -> float:
