@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--resume", default=None, help="a run directory to continue")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=20 window.size=2")
     pre = sub.add_parser("pretrain-world", help="flow-matching pretraining of the embedded world's weights")
-    pre.add_argument("--minutes", type=float, default=10.0)
+    pre.add_argument("--steps", type=int, default=2400, help="AdamW steps (the shipped weights: 2400, seed 0)")
     pre.add_argument("--out", default=None, help="default: the weights shipped in the package")
     smp = sub.add_parser("sample", help="render a grid of every training prompt from a run's checkpoint")
     smp.add_argument("run_dir")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pretrain-world":
         from .world import WEIGHTS
         from .world.pretrain import pretrain
-        pretrain(minutes=args.minutes, out=args.out or WEIGHTS)
+        pretrain(steps=args.steps, out=args.out or WEIGHTS)
         return 0
     if args.command == "sample":
         from .train.sample import render_run
