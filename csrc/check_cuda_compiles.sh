@@ -14,7 +14,11 @@ if [[ -z "$nvcc" ]]; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# the defines torch's BuildExtension passes to nvcc (no implicit half/bfloat16 conversions or operators)
+torch_flags=(-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
+             -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr)
 for src in csrc/*.cu; do
-  "$nvcc" -c -std=c++17 -O3 -gencode arch=compute_90,code=sm_90 -Icsrc -o "$out/$(basename "$src" .cu).o" "$src"
+  "$nvcc" -c -std=c++20 -O3 "${torch_flags[@]}" -gencode arch=compute_90,code=sm_90 -Icsrc \
+    -o "$out/$(basename "$src" .cu).o" "$src"
   echo "ok: $src ($("$nvcc" --version | tail -n 2 | head -n 1))"
 done

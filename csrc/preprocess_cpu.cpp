@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -33,9 +34,6 @@ namespace {
 constexpr int kRows = 16;
 constexpr int kBits = 22;
 constexpr int32_t kHalf = 1 << (kBits - 1);
-// (v + 1.5*2^23) - 1.5*2^23 rounds 0 <= v < 2^22 to the nearest integer, ties to even, as torch.round does; it
-// vectorises where nearbyint would be a libm call per pixel (-ffp-contract=off keeps it two roundings).
-constexpr float kRoundMagic = 12582912.0f;
 
 inline int32_t clip8(int32_t acc) {
   const int32_t v = acc >> kBits;  // arithmetic shift: floor, as Pillow's
@@ -44,34 +42,80 @@ inline int32_t clip8(int32_t acc) {
 
 }  // namespace
 
-// Hot loops: plain functions (function multiversioning does not apply to templates).
+// Hot loops: plain functions (function multiversioning does not apply to templates). The horizontal ones keep
+// the kRows accumulators in two 8-lane GCC/clang vectors: one AVX2 register each, or two SSE ones.
+#if defined(__GNUC__)
+#define FG_VECTORS 1
+typedef int32_t fg_i32x8 __attribute__((vector_size(32)));
+typedef float fg_f32x8 __attribute__((vector_size(32)));
+#endif
+
 FG_CLONES void fg_hpass_fixed(const int32_t* __restrict__ block, const fg_axis* a, int rows,
                               uint8_t* __restrict__ tmp) {
+  static_assert(kRows == 16, "two 8-lane accumulators");
   const int32_t* weight = static_cast<const int32_t*>(a->weight);
-  for (int o = 0; o < a->n_out; ++o) {
-    int32_t acc[kRows];
-    for (int r = 0; r < kRows; ++r) acc[r] = kHalf;
+  const int64_t tap_stride = a->w_stride_tap;
+  const int n_out = a->n_out;
+  for (int o = 0; o < n_out; ++o) {
     const int32_t* src = block + static_cast<int64_t>(a->start[o]) * kRows;
     const int32_t* w = weight + o * a->w_stride_out;
-    for (int k = 0, taps = a->count[o]; k < taps; ++k) {
-      const int32_t wk = w[k * a->w_stride_tap];
-      for (int r = 0; r < kRows; ++r) acc[r] += wk * src[k * kRows + r];
+    const int taps = a->count[o];
+    int32_t lanes[kRows];
+#ifdef FG_VECTORS
+    fg_i32x8 lo = fg_i32x8{} + kHalf, hi = lo;
+    for (int k = 0; k < taps; ++k) {
+      fg_i32x8 v0, v1;
+      std::memcpy(&v0, src + k * kRows, sizeof(v0));
+      std::memcpy(&v1, src + k * kRows + 8, sizeof(v1));
+      const int32_t wk = w[k * tap_stride];
+      lo += wk * v0;
+      hi += wk * v1;
     }
-    for (int r = 0; r < rows; ++r) tmp[static_cast<int64_t>(r) * a->n_out + o] = static_cast<uint8_t>(clip8(acc[r]));
+    lo >>= kBits;
+    hi >>= kBits;
+    lo = lo < 0 ? 0 : (lo > 255 ? 255 : lo);
+    hi = hi < 0 ? 0 : (hi > 255 ? 255 : hi);
+    std::memcpy(lanes, &lo, sizeof(lo));
+    std::memcpy(lanes + 8, &hi, sizeof(hi));
+#else
+    for (int r = 0; r < kRows; ++r) lanes[r] = kHalf;
+    for (int k = 0; k < taps; ++k) {
+      for (int r = 0; r < kRows; ++r) lanes[r] += w[k * tap_stride] * src[k * kRows + r];
+    }
+    for (int r = 0; r < kRows; ++r) lanes[r] = clip8(lanes[r]);
+#endif
+    for (int r = 0; r < rows; ++r) tmp[static_cast<int64_t>(r) * n_out + o] = static_cast<uint8_t>(lanes[r]);
   }
 }
 
 FG_CLONES void fg_hpass_float(const float* __restrict__ block, const fg_axis* a, int rows, float* __restrict__ tmp) {
   const float* weight = static_cast<const float*>(a->weight);
-  for (int o = 0; o < a->n_out; ++o) {
-    float acc[kRows] = {};
+  const int64_t tap_stride = a->w_stride_tap;
+  const int n_out = a->n_out;
+  for (int o = 0; o < n_out; ++o) {
     const float* src = block + static_cast<int64_t>(a->start[o]) * kRows;
     const float* w = weight + o * a->w_stride_out;
-    for (int k = 0, taps = a->count[o]; k < taps; ++k) {
-      const float wk = w[k * a->w_stride_tap];
-      for (int r = 0; r < kRows; ++r) acc[r] += wk * src[k * kRows + r];
+    const int taps = a->count[o];
+    float lanes[kRows];
+#ifdef FG_VECTORS
+    fg_f32x8 lo = fg_f32x8{}, hi = lo;
+    for (int k = 0; k < taps; ++k) {
+      fg_f32x8 v0, v1;
+      std::memcpy(&v0, src + k * kRows, sizeof(v0));
+      std::memcpy(&v1, src + k * kRows + 8, sizeof(v1));
+      const float wk = w[k * tap_stride];
+      lo += wk * v0;
+      hi += wk * v1;
     }
-    for (int r = 0; r < rows; ++r) tmp[static_cast<int64_t>(r) * a->n_out + o] = acc[r];
+    std::memcpy(lanes, &lo, sizeof(lo));
+    std::memcpy(lanes + 8, &hi, sizeof(hi));
+#else
+    for (int r = 0; r < kRows; ++r) lanes[r] = 0.0f;
+    for (int k = 0; k < taps; ++k) {
+      for (int r = 0; r < kRows; ++r) lanes[r] += w[k * tap_stride] * src[k * kRows + r];
+    }
+#endif
+    for (int r = 0; r < rows; ++r) tmp[static_cast<int64_t>(r) * n_out + o] = lanes[r];
   }
 }
 
@@ -95,62 +139,102 @@ FG_CLONES void fg_vpass_float(const float* __restrict__ tmp, int n_cols, const f
   }
 }
 
+// Pixels in [0, 1] (or [-1, 1] with minus_one) -> levels 0..255; NaN counts as 0 and is reported. The same float
+// operations as reference.to_levels, written branch-free so that they vectorise: (v > 0 ? v : 0) is maxps with
+// NaN -> 0, and (v + 1.5*2^23) - 1.5*2^23 rounds 0 <= v < 2^22 to the nearest integer, ties to even, as
+// torch.round does (-ffp-contract=off keeps the two roundings).
+FG_CLONES int fg_levels_fixed(const float* __restrict__ in, int len, int minus_one, int32_t* __restrict__ out) {
+  constexpr float kRoundMagic = 12582912.0f;
+  int nan = 0;
+  for (int x = 0; x < len; ++x) {
+    float v = minus_one ? (in[x] + 1.0f) * 0.5f : in[x];
+    nan |= v != v;
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 1.0f ? v : 1.0f;
+    out[x] = static_cast<int32_t>((v * 255.0f + kRoundMagic) - kRoundMagic);
+  }
+  return nan;
+}
+
+FG_CLONES int fg_levels_float(const float* __restrict__ in, int len, int minus_one, float* __restrict__ out) {
+  int nan = 0;
+  for (int x = 0; x < len; ++x) {
+    float v = minus_one ? (in[x] + 1.0f) * 0.5f : in[x];
+    nan |= v != v;
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 1.0f ? v : 1.0f;
+    out[x] = v * 255.0f;
+  }
+  return nan;
+}
+
 namespace {
 
 template <bool Q> struct Types;
 template <> struct Types<true> { using Level = int32_t; using Tmp = uint8_t; using Acc = int32_t; };
 template <> struct Types<false> { using Level = float; using Tmp = float; using Acc = float; };
 
-// Pixel -> level in 0..255; NaN counts as 0 and is reported. Same float operations as reference.to_levels.
-template <int MODE, bool Q, typename T>
-inline float level(T raw, int& nan) {
-  float v = static_cast<float>(raw);
-  if (MODE == FG_LEVELS) return v;
-  if (MODE == FG_RANGE_M1_1) v = (v + 1.0f) * 0.5f;
-  const bool is_nan = v != v;
-  nan |= is_nan;
-  v = is_nan ? 0.0f : v;
-  v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
-  v = v * 255.0f;
-  return Q ? (v + kRoundMagic) - kRoundMagic : v;
-}
-
-template <typename T, int MODE, bool Q>
-int convert_row(const T* src, int64_t stride, int len, typename Types<Q>::Level* line) {
-  using L = typename Types<Q>::Level;
-  int nan = 0;
-  if (stride == 1) {
-    for (int x = 0; x < len; ++x) line[x] = static_cast<L>(level<MODE, Q>(src[x], nan));
+// One row of pixels (any dtype, stride) -> levels; returns 1 when a pixel was NaN.
+template <typename T, bool Q>
+int row_levels(const T* src, int64_t stride, int len, int minus_one, float* line, typename Types<Q>::Level* out) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    for (int x = 0; x < len; ++x) out[x] = static_cast<typename Types<Q>::Level>(src[x * stride]);
+    return 0;
   } else {
-    for (int x = 0; x < len; ++x) line[x] = static_cast<L>(level<MODE, Q>(src[x * stride], nan));
+    const float* values = line;
+    if (std::is_same_v<T, float> && stride == 1) {
+      values = reinterpret_cast<const float*>(src);
+    } else {
+      for (int x = 0; x < len; ++x) line[x] = static_cast<float>(src[x * stride]);
+    }
+    if constexpr (Q) {
+      return fg_levels_fixed(values, len, minus_one, out);
+    } else {
+      return fg_levels_float(values, len, minus_one, out);
+    }
   }
-  return nan;
 }
 
 template <bool Q>
 struct Scratch {
-  std::vector<typename Types<Q>::Level> block, line;
+  std::vector<typename Types<Q>::Level> rows, block;
+  std::vector<float> line;
   std::vector<typename Types<Q>::Tmp> tmp;
   std::vector<typename Types<Q>::Acc> acc;
   explicit Scratch(const fg_preprocess_params& p)
-      : block(static_cast<size_t>(p.cols.len) * kRows), line(p.cols.len),
-        tmp(static_cast<size_t>(p.rows.len) * p.cols.n_out), acc(p.cols.n_out) {}
+      : rows(static_cast<size_t>(p.cols.len) * kRows), block(static_cast<size_t>(p.cols.len) * kRows),
+        line(p.cols.len), tmp(static_cast<size_t>(p.rows.len) * p.cols.n_out), acc(p.cols.n_out) {}
 };
 
+// rows (n_rows x len, row-major) -> block (len x kRows): each tap of the horizontal pass becomes one vector.
+template <typename L>
+void interleave(const L* __restrict__ rows, int len, int n_rows, L* __restrict__ block) {
+  constexpr int kTile = 64;  // columns per tile: the tile's rows and block stay in L1
+  for (int x0 = 0; x0 < len; x0 += kTile) {
+    const int x1 = std::min(len, x0 + kTile);
+    for (int r = 0; r < n_rows; ++r) {
+      const L* src = rows + static_cast<int64_t>(r) * len;
+      for (int x = x0; x < x1; ++x) block[static_cast<int64_t>(x) * kRows + r] = src[x];
+    }
+  }
+}
+
 // Horizontal pass of plane n into s.tmp (window rows x crop columns); returns 1 when a pixel read was NaN.
-template <typename T, int MODE, bool Q>
+template <typename T, bool Q>
 int horizontal(const fg_preprocess_params& p, int64_t n, Scratch<Q>& s) {
   const fg_axis& R = p.rows;
   const fg_axis& C = p.cols;
   const int64_t* st = p.in_stride;
   const T* src = static_cast<const T*>(p.in) + (n / 3) * st[0] + (n % 3) * st[1] + R.lo * st[2] + C.lo * st[3];
+  const int minus_one = p.input_mode == FG_RANGE_M1_1;
   int nan = 0;
   for (int y0 = 0; y0 < R.len; y0 += kRows) {
     const int rows = std::min(kRows, R.len - y0);
     for (int r = 0; r < rows; ++r) {
-      nan |= convert_row<T, MODE, Q>(src + (y0 + r) * st[2], st[3], C.len, s.line.data());
-      for (int x = 0; x < C.len; ++x) s.block[static_cast<size_t>(x) * kRows + r] = s.line[x];
+      nan |= row_levels<T, Q>(src + (y0 + r) * st[2], st[3], C.len, minus_one, s.line.data(),
+                              s.rows.data() + static_cast<int64_t>(r) * C.len);
     }
+    interleave(s.rows.data(), C.len, rows, s.block.data());
     if constexpr (Q) {
       fg_hpass_fixed(s.block.data(), &C, rows, s.tmp.data() + static_cast<int64_t>(y0) * C.n_out);
     } else {
@@ -191,19 +275,14 @@ using HorizontalFn = int (*)(const fg_preprocess_params&, int64_t, Scratch<Q>&);
 template <bool Q>
 using VerticalFn = void (*)(const fg_preprocess_params&, int64_t, Scratch<Q>&);
 
-template <typename T, bool Q>
-HorizontalFn<Q> horizontal_for_range(int mode) {
-  return mode == FG_RANGE_M1_1 ? &horizontal<T, FG_RANGE_M1_1, Q> : &horizontal<T, FG_RANGE_0_1, Q>;
-}
-
 template <bool Q>
 HorizontalFn<Q> pick_horizontal(const fg_preprocess_params& p) {
   switch (p.in_dtype) {
-    case FG_U8: return &horizontal<uint8_t, FG_LEVELS, Q>;
-    case FG_F16: return horizontal_for_range<c10::Half, Q>(p.input_mode);
-    case FG_BF16: return horizontal_for_range<c10::BFloat16, Q>(p.input_mode);
-    case FG_F32: return horizontal_for_range<float, Q>(p.input_mode);
-    default: return horizontal_for_range<double, Q>(p.input_mode);
+    case FG_U8: return &horizontal<uint8_t, Q>;
+    case FG_F16: return &horizontal<c10::Half, Q>;
+    case FG_BF16: return &horizontal<c10::BFloat16, Q>;
+    case FG_F32: return &horizontal<float, Q>;
+    default: return &horizontal<double, Q>;
   }
 }
 

@@ -93,10 +93,10 @@ def _announce(path: str, device: torch.device) -> None:
 def _check_args(images, size, crop_size, mean, std, input_range, out_dtype) -> None:
     if not isinstance(images, Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)} "
-                         f"({images.shape[1] if images.dim() == 4 else images.dim()} "
-                         f"{'channels' if images.dim() == 4 else 'dims'})")
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        raise ValueError(f"images must have 3 channels (RGB), got {images.shape[1]}: shape {tuple(images.shape)}")
     if images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"images are zero-sized: shape {tuple(images.shape)}")
     if images.dtype not in _IMAGE_DTYPES:
@@ -168,7 +168,8 @@ def clip_preprocess(images: Tensor, size: int = 224, crop_size: int = 224, mean:
     B, _, H, W = images.shape
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if B == 0:
-        return images.new_empty((0, 3, crop_size, crop_size), dtype=out_dtype, memory_format=memory_format)
+        return torch.empty((0, 3, crop_size, crop_size), dtype=out_dtype, device=images.device,
+                           memory_format=memory_format)
     if path == "torch":
         return reference.clip_preprocess(images, size, crop_size, mean, std, input_range, quantize, out_dtype,
                                          channels_last, check)

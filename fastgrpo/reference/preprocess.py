@@ -13,16 +13,22 @@ For 8-bit images the weights are fixed point, k = round(w·2²²) (half away fro
     h = clip(⌊(2²¹ + Σ k·p) / 2²²⌋, 0, 255)
 first along rows (horizontal), then along columns of the horizontal result (vertical). The round and clip between
 the passes matter: bicubic overshoots, and a one-pass resize lands up to 9 levels away on high-frequency images.
+Pass order: Pillow ≤ 12 always runs horizontal first. Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass
+first when out_h < in_h and in_h − out_h > 2·(in_w − out_w) (found by probing 2,863 shapes); for a shorter-side
+resize that means portraits taller than about 2:1. Because of the clipping between the passes the order matters:
+on noise or a 3-pixel checkerboard the two orders end up to ~20 levels apart. Every path here runs horizontal
+first (the anchors' Pillow), so on those portraits it matches Pillow ≤ 12, not Pillow 13.
 
 Here the per-axis weights are matrices (outputs × inputs) and each pass is a matmul. With ``quantize`` the fixed
 point sums run in float64, where the integer products and sums are exact, so the result is PIL's bit for bit;
 without it, the weights are float32 and nothing is rounded (a linear resize of the clamped image). Only the outputs
 inside the centre crop are computed, from the input window they read. This module also builds the weight tables
 the C++ and CUDA kernels take (``resize_table``) and the output geometry (``plan``): one source for every path.
+On CPU this function and the kernels agree bit for bit; on CUDA torch divides by the scalar 255 through its
+reciprocal, so there the normalised values can differ from the CUDA kernel's in the last bit (the levels agree).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
