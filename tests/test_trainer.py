@@ -1,5 +1,6 @@
 """The trainer on the embedded world: exact first ratio, bit-exact resume, atomic checkpoints, config handling,
 window schedules, and the CLI."""
+import math
 import os
 import signal
 import subprocess
@@ -103,6 +104,14 @@ def test_window_schedules_and_flash_grid():
     grid = flash_sigmas(base, 4, 25, 3.0, 0.4)
     assert len(grid) - 1 - 4 == 7  # Flash at l = 0, w = 4, T = 25: 7 DPM-Solver++ steps after the window
     assert torch.allclose(grid[4], base[4]) and grid[-1] == 0
+
+
+def test_kl_to_the_initial_model(tmp_path):
+    trainer = Trainer(_config(tmp_path / "kl", "optim.kl_beta=0.04"))
+    first = trainer.step()
+    second = trainer.step()
+    assert first["kl"] == 0.0  # the policy still equals its reference
+    assert second["kl"] > 0 and math.isfinite(second["loss"])
 
 
 def test_flash_run_and_no_fusion_run(tmp_path):

@@ -99,7 +99,11 @@ class OptimConfig:
     """PPO ε."""
     adv_clip: float = 5.0
     kl_beta: float = 0.0
-    """β of Flow-GRPO's KL to the initial model (0: no reference model kept)."""
+    """β of Flow-GRPO's KL, mean((μ − μ_ref)²)/(2g²), to the initial model (0: no reference model kept)."""
+
+    def __post_init__(self):
+        if not (self.lr > 0 and self.kl_beta >= 0 and self.grad_clip > 0):  # NaN fails too
+            raise ValueError("optim.lr and optim.grad_clip must be > 0 and optim.kl_beta >= 0")
 
 
 @dataclass(kw_only=True)

@@ -14,7 +14,7 @@ All randomness is derived from (seed, iteration), so a resumed run reproduces th
 """
 from __future__ import annotations
 
-import math
+import copy
 import signal
 import time
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..algorithms import CapabilityTracker, ppo_clip_loss
+from ..algorithms import CapabilityTracker, kl_penalty, ppo_clip_loss
 from ..ops import flow_step, group_advantages
 from ..world import World, shapes
 from . import checkpoint, report
@@ -55,6 +55,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.world = World.load(config.model.path, self.device)
         self.model = self.world.transformer
+        # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0)
+        self.reference = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.optim.kl_beta > 0
+                          else None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            weight_decay=config.optim.weight_decay)
         self.tracker = CapabilityTracker(config.adagrpo.decay, device=self.device)
@@ -176,19 +179,31 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         steps = len(trajs[0].x)
-        ratios, clipfrac, losses = [], [], []
+        ratios, clipfrac, losses, kls = [], [], [], []
         for p, traj in enumerate(trajs):
             a = adv.advantages[p * G:(p + 1) * G]
             text, empty = self._text([kept.texts[p]] * G), self._empty(G)
             for j in range(steps):
+                step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
+                mu_ref = None
+                if self.reference is not None:
+                    with torch.no_grad():
+                        v_ref = guided_velocity(self.reference, traj.x[j], traj.sigma[j], text, empty,
+                                                cfg.sampling.guidance)
+                        mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j],
+                                           return_mean=True).mean
                 v = guided_velocity(self.model, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
-                lp = flow_step(v, traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta,
-                               family=cfg.sampling.family, x_next=traj.x_next[j]).log_prob
+                fused = flow_step(v, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j], mu_ref=mu_ref)
+                lp = fused.log_prob
                 out = ppo_clip_loss(lp, traj.log_prob[j], a, opt_cfg.clip_range)
-                (out.loss / (steps * len(trajs))).backward()
+                total = out.loss
+                if mu_ref is not None:
+                    total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
+                    kls.append(fused.kl.detach().mean())
+                (total / (steps * len(trajs))).backward()
                 ratios.append(torch.exp(lp.detach() - traj.log_prob[j]))
                 clipfrac.append(out.clipfrac)
-                losses.append(out.loss.detach())
+                losses.append(total.detach())
         loss = torch.stack(losses).mean()
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
@@ -202,7 +217,7 @@ class Trainer:
                 "first_ratio_max_dev": (ratio - 1).abs().max().item(), "clipfrac": torch.stack(clipfrac).mean().item(),
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
-                "t_update": t_update - t_adv, **stats}
+                "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
 
     def _nonfinite(self, what: str) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,6 +286,4 @@ class Trainer:
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> list[dict]:
-    if math.isnan(config.optim.lr) or config.optim.lr <= 0:
-        raise ValueError(f"optim.lr must be > 0, got {config.optim.lr}")
     return Trainer(config, resume).run(progress)
