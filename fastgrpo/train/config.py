@@ -76,7 +76,7 @@ class AdaGRPOConfig:
     """Online curriculum filtering: train the candidates whose ODE anchor reward is nearest the capability EMA."""
     candidates: int = 16
     """B: candidate prompts per iteration (one deterministic anchor rollout each)."""
-    keep: int = 4
+    keep: int = 8
     """k: prompts trained per iteration (without the curriculum, k random prompts)."""
     decay: float = 0.8
     """α of the capability EMA."""
@@ -114,7 +114,7 @@ class TrainConfig:
     adagrpo: AdaGRPOConfig = field(default_factory=AdaGRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     iterations: int = 40
-    group_size: int = 8
+    group_size: int = 16
     """G: samples per prompt."""
     seed: int = 0
     eval_every: int = 10

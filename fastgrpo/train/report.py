@@ -28,7 +28,7 @@ def save_curve(history: list[dict], keys: tuple[str, ...], path: Path, size=(480
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    left, top, right, bottom = 40, 20, size[0] - 10, size[1] - 30
+    left, top, right, bottom = 40, 20, size[0] - 10, size[1] - 34
     draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
     for y in (0.0, 0.5, 1.0):
         py = bottom - y * (bottom - top)
@@ -40,7 +40,8 @@ def save_curve(history: list[dict], keys: tuple[str, ...], path: Path, size=(480
                for h in history if key in h]
         if len(pts) > 1:
             draw.line(pts, fill=colours[k % 4], width=2)
-        draw.text((left + 5 + 120 * k, bottom + 8), key, fill=colours[k % 4])
+        label = key.removeprefix("eval_")
+        draw.text((left + 5 + (k % 2) * 200, bottom + 4 + (k // 2) * 12), label, fill=colours[k % 4])
     img.save(path)
 
 
