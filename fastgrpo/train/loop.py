@@ -10,7 +10,11 @@ window (and Flash), on the embedded shapes world. Each iteration:
    (``adagrpo.fusion``) in one ``group_advantages`` launch;
 5. update: PPO-clip over the window steps, gradients accumulated over prompts and steps, one AdamW step per
    iteration (so the first ratio is exactly 1), gradient clipping.
-All randomness is derived from (seed, iteration), so a resumed run reproduces the uninterrupted one.
+All randomness is derived from (seed, iteration, rank), so a resumed run reproduces the uninterrupted one.
+
+Data parallel (``torchrun``; gloo on CPU, NCCL on GPUs): each rank draws its own candidates and keeps its groups
+whole; the capability EMA is all-reduced (one global EMA); gradients are averaged by DDP once per iteration
+(``no_sync`` on every backward but the last); rank 0 evaluates and writes outputs and checkpoints.
 """
 from __future__ import annotations
 
@@ -55,6 +59,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.world = World.load(config.model.path, self.device)
         self.model = self.world.transformer
+        self.rank, self.world_size = _distributed()
+        self.trained = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.trained = DistributedDataParallel(self.model)  # also broadcasts rank 0's weights
         # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0)
         self.reference = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.optim.kl_beta > 0
                           else None)
@@ -91,8 +100,11 @@ class Trainer:
         self.iteration = state["iteration"]
         self.history = state["history"]
 
-    def save(self) -> Path:
-        return checkpoint.save(self.out, self.iteration, self.model, self._state())
+    def save(self) -> Path | None:
+        path = checkpoint.save(self.out, self.iteration, self.model, self._state()) if self.rank == 0 else None
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        return path
 
     # ---- pieces --------------------------------------------------------------------------------------------
     def _text(self, texts: list[str]):
@@ -149,7 +161,7 @@ class Trainer:
     def step(self) -> dict:
         """One iteration; returns its metrics."""
         cfg, ada, opt_cfg = self.cfg, self.cfg.adagrpo, self.cfg.optim
-        seed = cfg.seed * 1_000_003 + self.iteration * 7919
+        seed = cfg.seed * 1_000_003 + self.iteration * 7919 + self.rank * 104_729
         t0 = time.perf_counter()
         kept, stats = self._select(seed)
         t_select = time.perf_counter()
@@ -169,7 +181,7 @@ class Trainer:
         self.model.train()
         t_rollout = time.perf_counter()
         rewards = torch.cat(rewards)
-        if not torch.isfinite(rewards).all():
+        if self._any_rank(~torch.isfinite(rewards).all()):
             return self._nonfinite("rewards")
         ids = torch.arange(len(kept.texts), device=rewards.device).repeat_interleave(G)
         adv = group_advantages(rewards, ids, std="unbiased", eps=1e-8, clip=opt_cfg.adv_clip,
@@ -180,6 +192,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         steps = len(trajs[0].x)
         ratios, clipfrac, losses, kls = [], [], [], []
+        backwards, done = steps * len(trajs), 0
         for p, traj in enumerate(trajs):
             a = adv.advantages[p * G:(p + 1) * G]
             text, empty = self._text([kept.texts[p]] * G), self._empty(G)
@@ -192,7 +205,7 @@ class Trainer:
                                                 cfg.sampling.guidance)
                         mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j],
                                            return_mean=True).mean
-                v = guided_velocity(self.model, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
+                v = guided_velocity(self.trained, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
                 fused = flow_step(v, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j], mu_ref=mu_ref)
                 lp = fused.log_prob
                 out = ppo_clip_loss(lp, traj.log_prob[j], a, opt_cfg.clip_range)
@@ -200,12 +213,14 @@ class Trainer:
                 if mu_ref is not None:
                     total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
                     kls.append(fused.kl.detach().mean())
-                (total / (steps * len(trajs))).backward()
+                done += 1
+                with self._sync_grads(last=done == backwards):
+                    (total / backwards).backward()
                 ratios.append(torch.exp(lp.detach() - traj.log_prob[j]))
                 clipfrac.append(out.clipfrac)
                 losses.append(total.detach())
         loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
+        if self._any_rank(~torch.isfinite(loss)):
             self.optimizer.zero_grad(set_to_none=True)
             return self._nonfinite("loss")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt_cfg.grad_clip)
@@ -218,6 +233,20 @@ class Trainer:
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+
+    def _sync_grads(self, last: bool):
+        """DDP averages gradients on the last backward of the iteration only."""
+        import contextlib
+        if self.world_size > 1 and not last:
+            return self.trained.no_sync()
+        return contextlib.nullcontext()
+
+    def _any_rank(self, flag: torch.Tensor) -> bool:
+        """True if ``flag`` holds on any rank (so every rank skips the same iterations together)."""
+        flag = flag.to(torch.float32).reshape(1)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _nonfinite(self, what: str) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -233,21 +262,25 @@ class Trainer:
 
     def run(self, progress: bool = True) -> list[dict]:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.out / "config.yaml")
+        main = self.rank == 0
+        progress = progress and main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out / "config.yaml")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             from tqdm import tqdm
             bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress, desc="fastgrpo train")
-            if self.iteration == 0 and not any("eval_train_reward" in h for h in self.history):
+            if main and self.iteration == 0 and not any("eval_train_reward" in h for h in self.history):
                 self._log({"iteration": 0, **self.evaluate()})
             while self.iteration < cfg.iterations and not self._stop:
                 metrics = self.step()
                 self.iteration += 1
                 record = {"iteration": self.iteration, **metrics}
-                if self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations:
+                if main and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations):
                     record.update(self.evaluate())
-                self._log(record)
+                if main:
+                    self._log(record)
                 bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}")
                 bar.update(1)
                 if self.iteration % cfg.checkpoint_every == 0:
@@ -257,7 +290,8 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         self.save()
-        self._summary()
+        if main:
+            self._summary()
         return self.history
 
     def _log(self, record: dict) -> None:
@@ -285,5 +319,26 @@ class Trainer:
         print(f"outputs in {self.out}")
 
 
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> list[dict]:
-    return Trainer(config, resume).run(progress)
+    """Run training; under ``torchrun`` (WORLD_SIZE > 1) initialise the process group first (NCCL on CUDA, gloo on
+    CPU) and tear it down after."""
+    import os
+
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if config.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        started = True
+    try:
+        return Trainer(config, resume).run(progress)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
