@@ -106,6 +106,15 @@ def test_window_schedules_and_flash_grid():
     assert torch.allclose(grid[4], base[4]) and grid[-1] == 0
 
 
+def test_autocast_and_gradient_checkpointing(tmp_path):
+    plain = Trainer(_config(tmp_path / "plain")).step()
+    ckpt_run = Trainer(_config(tmp_path / "ckpt", "model.gradient_checkpointing=true")).step()
+    assert ckpt_run["loss"] == plain["loss"]
+    assert math.isclose(ckpt_run["grad_norm"], plain["grad_norm"], rel_tol=1e-4)
+    bf16 = Trainer(_config(tmp_path / "bf16", "model.autocast=true")).step()
+    assert bf16["first_ratio_max_dev"] == 0.0 and math.isfinite(bf16["loss"])
+
+
 def test_kl_to_the_initial_model(tmp_path):
     trainer = Trainer(_config(tmp_path / "kl", "optim.kl_beta=0.04"))
     first = trainer.step()

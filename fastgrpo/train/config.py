@@ -18,6 +18,10 @@ class ModelConfig:
     """Only the embedded shapes world is wired into the loop so far; local SD3/FLUX pipelines come next."""
     path: Optional[str] = None
     """World weights (safetensors); default: the weights shipped in the package."""
+    gradient_checkpointing: bool = False
+    """Recompute the transformer's activations in the backward (memory for time)."""
+    autocast: bool = False
+    """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
 
     def __post_init__(self):
         if self.kind != "world":

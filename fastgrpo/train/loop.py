@@ -59,6 +59,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.world = World.load(config.model.path, self.device)
         self.model = self.world.transformer
+        if config.model.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
         self.rank, self.world_size = _distributed()
         self.trained = self.model
         if self.world_size > 1:
@@ -128,8 +130,9 @@ class Trainer:
         for name, prompts in (("train", self.train_prompts), ("heldout", self.heldout_prompts)):
             n = len(prompts.texts)
             noise = _noise(n, self.world.codec.latent_shape, EVAL_SEED).to(self.device)
-            traj = sample(self.model, noise, self.sigmas, self._text(prompts.texts), self._empty(n),
-                          guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
+            with self._autocast():
+                traj = sample(self.model, noise, self.sigmas, self._text(prompts.texts), self._empty(n),
+                              guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
             images = self.world.codec.decode(traj.latents)
             out[f"eval_{name}_reward"] = shapes.reward(images, prompts.combos).mean().item()
             out[f"eval_{name}_correct"] = shapes.correct(images, prompts.combos).float().mean().item()
@@ -150,8 +153,9 @@ class Trainer:
         else:
             n = len(cand.texts)
             noise = _noise(n, self.world.codec.latent_shape, seed + 1).to(self.device)
-            traj = sample(self.model, noise, self.sigmas, self._text(cand.texts), self._empty(n),
-                          guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
+            with self._autocast():
+                traj = sample(self.model, noise, self.sigmas, self._text(cand.texts), self._empty(n),
+                              guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
             anchor = self._reward(traj.latents, cand.combos)
             self.tracker.update(anchor)
             keep = self.tracker.select(anchor, ada.keep).cpu() if ada.curriculum else torch.arange(ada.keep)
@@ -173,9 +177,10 @@ class Trainer:
         self.model.eval()
         for p, text in enumerate(kept.texts):
             noise = _noise(G, self.world.codec.latent_shape, seed + 100 + p).to(self.device)
-            traj = sample(self.model, noise, grid, self._text([text] * G), self._empty(G),
-                          guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
-                          window=(start, end), seed=seed + 200 + p, flash=cfg.window.flash)
+            with self._autocast():
+                traj = sample(self.model, noise, grid, self._text([text] * G), self._empty(G),
+                              guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
+                              window=(start, end), seed=seed + 200 + p, flash=cfg.window.flash)
             trajs.append(traj)
             rewards.append(self._reward(traj.latents, kept.combos[p].expand(G, 3)))
         self.model.train()
@@ -200,12 +205,13 @@ class Trainer:
                 step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
                 mu_ref = None
                 if self.reference is not None:
-                    with torch.no_grad():
+                    with torch.no_grad(), self._autocast():
                         v_ref = guided_velocity(self.reference, traj.x[j], traj.sigma[j], text, empty,
                                                 cfg.sampling.guidance)
                         mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j],
                                            return_mean=True).mean
-                v = guided_velocity(self.trained, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
+                with self._autocast():
+                    v = guided_velocity(self.trained, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
                 fused = flow_step(v, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j], mu_ref=mu_ref)
                 lp = fused.log_prob
                 out = ppo_clip_loss(lp, traj.log_prob[j], a, opt_cfg.clip_range)
@@ -233,6 +239,9 @@ class Trainer:
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.model.autocast)
 
     def _sync_grads(self, last: bool):
         """DDP averages gradients on the last backward of the iteration only."""
