@@ -149,6 +149,7 @@ def test_cli_trains_two_iterations_and_stops_cleanly_on_sigterm(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cli" / "reward_curve.png").is_file() and (tmp_path / "cli" / "latest").is_file()
+    assert any((tmp_path / "cli" / "tensorboard").glob("events.out.tfevents.*"))
     cmd = [sys.executable, "-m", "fastgrpo.cli", "train", *TINY, "iterations=1000", f"out_dir={tmp_path / 'term'}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300

@@ -81,6 +81,7 @@ class Trainer:
         self.empty = self.world.encode_prompts([""]) if config.sampling.guidance > 1 else None
         self.sigmas = sigmas(config.sampling.steps, config.sampling.shift)
         self._stop = False
+        self._writer = None
         if resume is not None:
             self._resume(resume)
 
@@ -276,6 +277,7 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
+            self._writer = _tensorboard(self.out / "tensorboard")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             from tqdm import tqdm
@@ -300,12 +302,18 @@ class Trainer:
                 signal.signal(s, handler)
         self.save()
         if main:
+            if self._writer is not None:
+                self._writer.close()
             self._summary()
         return self.history
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
         report.append_jsonl(self.out / "metrics.jsonl", record)
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, record["iteration"])
         if "eval_train_reward" in record:
             evals = [h for h in self.history if "eval_train_reward" in h]
             report.save_curve(evals, ("eval_train_reward", "eval_train_correct", "eval_heldout_reward",
@@ -326,6 +334,15 @@ class Trainer:
                                                                          "t_update")}
             print("seconds per iteration: " + ", ".join(f"{k[2:]} {v:.2f}" for k, v in parts.items()))
         print(f"outputs in {self.out}")
+
+
+def _tensorboard(folder: Path):
+    """TensorBoard scalars when tensorboard is installed (the ``train`` extra); metrics.jsonl always."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
 
 
 def _distributed() -> tuple[int, int]:
