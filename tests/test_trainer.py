@@ -187,3 +187,43 @@ def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path):
     assert any(not torch.equal(w0[k], initial[k]) for k in w0)
     _, state = ckpt.load(tmp_path / "ddp")
     assert state["iteration"] == 2
+
+
+@pytest.mark.parametrize("recipe", ["default", "mixgrpo", "mixgrpo_flash", "flow_grpo", "flow_grpo_fast",
+                                    "dance_grpo", "flow_cps", "adagrpo_flow_grpo"])
+def test_recipe_configs_train_and_round_trip(recipe, tmp_path):
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "configs" / f"{recipe}.yaml"
+    config = load_config(str(path), TINY + ("iterations=2", f"out_dir={tmp_path / recipe}", "adagrpo.keep=2"))
+    dump_config(config, tmp_path / "again.yaml")
+    assert load_config(str(tmp_path / "again.yaml")) == config
+    trainer = Trainer(config)
+    for _ in range(2):
+        metrics = trainer.step()
+        trainer.iteration += 1
+        assert metrics["first_ratio_max_dev"] == 0.0 and math.isfinite(metrics["loss"])
+
+
+def test_dance_group_shares_initial_noise_and_trains_a_subset(tmp_path):
+    shared = Trainer(_config(tmp_path / "a", "sampling.shared_noise=true"))
+    noise = shared._group_noise(4, 7)
+    assert all(torch.equal(noise[0], noise[i]) for i in range(4))
+    independent = Trainer(_config(tmp_path / "b"))._group_noise(4, 7)
+    assert not torch.equal(independent[0], independent[1])
+    subset = Trainer(_config(tmp_path / "c", "window.train_fraction=0.6"))._trained_steps(9, 5)
+    assert len(subset) == 5 and subset == sorted(set(subset)) and max(subset) < 9
+
+
+def test_a_step_option_that_contradicts_the_family_is_refused():
+    with pytest.raises(ValueError, match="sampling.logprob='cps' contradicts sampling.family='flow_sde'"):
+        load_config(None, ("sampling.logprob=cps",))
+    with pytest.raises(ValueError, match="contradicts"):
+        load_config(None, ("sampling.family=cps",))
+
+
+def test_default_yaml_lists_the_dataclass_defaults():
+    from pathlib import Path
+
+    from fastgrpo.train import TrainConfig
+    assert load_config(str(Path(__file__).parents[1] / "configs" / "default.yaml")) == TrainConfig()

@@ -7,7 +7,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..reference.flow_step import FAMILIES
+from ..reference.flow_step import FAMILIES, LOGPROBS
 
 SCHEDULES = ("progressive", "frozen", "random", "linear_decay", "exp_decay")
 
@@ -40,8 +40,17 @@ class SamplingConfig:
     """Step family inside the window (fastgrpo.ops.flow_step)."""
     guidance: float = 1.0
     """Classifier-free guidance scale in sampling and training (1 = off)."""
+    logprob: str = "full"
+    """Log-prob convention: full | quadratic (AdaGRPO, DanceGRPO) | cps (Flow-CPS, with family cps only)."""
+    shared_noise: bool = False
+    """All samples of a group start from the same initial noise (DanceGRPO, MixGRPO)."""
 
     def __post_init__(self):
+        if self.logprob not in LOGPROBS:
+            raise ValueError(f"sampling.logprob must be one of {LOGPROBS}, got {self.logprob!r}")
+        if (self.logprob == "cps") != (self.family == "cps"):
+            raise ValueError(f"sampling.logprob={self.logprob!r} contradicts sampling.family={self.family!r}: the "
+                             "unscaled cps log-prob (and its clip ranges) belongs to the cps step, and only there")
         if self.steps < 2:
             raise ValueError(f"sampling.steps must be >= 2, got {self.steps}")
         if self.family not in FAMILIES or self.family == "ode":
@@ -64,6 +73,8 @@ class WindowConfig:
     """MixGRPO-Flash: after the window, DPM-Solver++ 2M on a coarser grid."""
     flash_ratio: float = 0.4
     """Flash: post-window points n = max(1, int((T − last)·r))."""
+    train_fraction: float = 1.0
+    """Fraction of the window's SDE steps trained per iteration, drawn at random (DanceGRPO: 0.6 of all steps)."""
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -72,6 +83,8 @@ class WindowConfig:
             raise ValueError("window.size, window.stride and window.shift_interval must be >= 1")
         if not 0 < self.flash_ratio <= 1:
             raise ValueError(f"window.flash_ratio must be in (0, 1], got {self.flash_ratio}")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"window.train_fraction must be in (0, 1], got {self.train_fraction}")
 
 
 @dataclass(kw_only=True)
@@ -102,12 +115,18 @@ class OptimConfig:
     clip_range: float = 1e-4
     """PPO ε."""
     adv_clip: float = 5.0
+    adv_std: str = "unbiased"
+    """Group std of the advantages: unbiased (DanceGRPO, MixGRPO, AdaGRPO) or population (Flow-GRPO)."""
+    adv_eps: float = 1e-8
+    """ε in (r − mean)/(std + ε): 1e-8 (DanceGRPO, MixGRPO, AdaGRPO) or 1e-4 (Flow-GRPO)."""
     kl_beta: float = 0.0
     """β of Flow-GRPO's KL, mean((μ − μ_ref)²)/(2g²), to the initial model (0: no reference model kept)."""
 
     def __post_init__(self):
         if not (self.lr > 0 and self.kl_beta >= 0 and self.grad_clip > 0):  # NaN fails too
             raise ValueError("optim.lr and optim.grad_clip must be > 0 and optim.kl_beta >= 0")
+        if self.adv_std not in ("unbiased", "population"):
+            raise ValueError(f"optim.adv_std must be 'unbiased' or 'population', got {self.adv_std!r}")
 
 
 @dataclass(kw_only=True)

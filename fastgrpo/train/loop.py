@@ -177,11 +177,12 @@ class Trainer:
         trajs, rewards = [], []
         self.model.eval()
         for p, text in enumerate(kept.texts):
-            noise = _noise(G, self.world.codec.latent_shape, seed + 100 + p).to(self.device)
+            noise = self._group_noise(G, seed + 100 + p)
             with self._autocast():
                 traj = sample(self.model, noise, grid, self._text([text] * G), self._empty(G),
                               guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
-                              window=(start, end), seed=seed + 200 + p, flash=cfg.window.flash)
+                              logprob=cfg.sampling.logprob, window=(start, end), seed=seed + 200 + p,
+                              flash=cfg.window.flash)
             trajs.append(traj)
             rewards.append(self._reward(traj.latents, kept.combos[p].expand(G, 3)))
         self.model.train()
@@ -190,30 +191,31 @@ class Trainer:
         if self._any_rank(~torch.isfinite(rewards).all()):
             return self._nonfinite("rewards")
         ids = torch.arange(len(kept.texts), device=rewards.device).repeat_interleave(G)
-        adv = group_advantages(rewards, ids, std="unbiased", eps=1e-8, clip=opt_cfg.adv_clip,
+        adv = group_advantages(rewards, ids, std=opt_cfg.adv_std, eps=opt_cfg.adv_eps, clip=opt_cfg.adv_clip,
                                ema=self.tracker if ada.fusion else None, fusion_weight=ada.fusion_weight,
                                check_finite=False)
         t_adv = time.perf_counter()
 
         self.optimizer.zero_grad(set_to_none=True)
-        steps = len(trajs[0].x)
+        trained = self._trained_steps(len(trajs[0].x), seed)
         ratios, clipfrac, losses, kls = [], [], [], []
-        backwards, done = steps * len(trajs), 0
+        backwards, done = len(trained) * len(trajs), 0
         for p, traj in enumerate(trajs):
             a = adv.advantages[p * G:(p + 1) * G]
             text, empty = self._text([kept.texts[p]] * G), self._empty(G)
-            for j in range(steps):
+            for j in trained:
                 step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
                 mu_ref = None
                 if self.reference is not None:
                     with torch.no_grad(), self._autocast():
                         v_ref = guided_velocity(self.reference, traj.x[j], traj.sigma[j], text, empty,
                                                 cfg.sampling.guidance)
-                        mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j],
-                                           return_mean=True).mean
+                        mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
+                                           x_next=traj.x_next[j], return_mean=True).mean
                 with self._autocast():
                     v = guided_velocity(self.trained, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
-                fused = flow_step(v, *step_args, family=cfg.sampling.family, x_next=traj.x_next[j], mu_ref=mu_ref)
+                fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
+                                  x_next=traj.x_next[j], mu_ref=mu_ref)
                 lp = fused.log_prob
                 out = ppo_clip_loss(lp, traj.log_prob[j], a, opt_cfg.clip_range)
                 total = out.loss
@@ -240,6 +242,20 @@ class Trainer:
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+
+    def _group_noise(self, group: int, seed: int) -> torch.Tensor:
+        """A group's initial noise: independent per sample, or one draw shared by the group (DanceGRPO)."""
+        noise = _noise(1 if self.cfg.sampling.shared_noise else group, self.world.codec.latent_shape, seed)
+        return noise.expand(group, *noise.shape[1:]).contiguous().to(self.device)
+
+    def _trained_steps(self, stored: int, seed: int) -> list[int]:
+        """The stored SDE steps trained this iteration: all, or a random ``window.train_fraction`` of them."""
+        fraction = self.cfg.window.train_fraction
+        if fraction >= 1.0:
+            return list(range(stored))
+        count = max(1, round(fraction * stored))
+        pick = torch.randperm(stored, generator=torch.Generator().manual_seed(seed + 3))[:count]
+        return sorted(pick.tolist())
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.model.autocast)

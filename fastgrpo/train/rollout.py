@@ -39,8 +39,8 @@ def guided_velocity(transformer, x: Tensor, sigma: float, text: TextEmbeddings, 
 
 @torch.no_grad()
 def sample(transformer, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: TextEmbeddings | None, *,
-           guidance: float, eta: float, family: str, window: tuple[int, int] = (0, 0), seed: int = 0,
-           flash: bool = False) -> Trajectory:
+           guidance: float, eta: float, family: str, logprob: str = "full", window: tuple[int, int] = (0, 0),
+           seed: int = 0, flash: bool = False) -> Trajectory:
     """Integrate from ``noise`` along ``sigmas`` (T'+1 values). Steps in [window) are SDE and stored."""
     x = noise
     start, end = window
@@ -51,7 +51,7 @@ def sample(transformer, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, emp
         s, sn = sig[i], sig[i + 1]
         v = guided_velocity(transformer, x, s, text, empty, guidance)
         if start <= i < end:
-            out = flow_step(v, x, s, sn, eta, family=family, seed=seed * 1009 + i)
+            out = flow_step(v, x, s, sn, eta, family=family, logprob=logprob, seed=seed * 1009 + i)
             traj.x.append(x)
             traj.x_next.append(out.x_next)
             traj.log_prob.append(out.log_prob)
