@@ -227,3 +227,14 @@ def test_default_yaml_lists_the_dataclass_defaults():
 
     from fastgrpo.train import TrainConfig
     assert load_config(str(Path(__file__).parents[1] / "configs" / "default.yaml")) == TrainConfig()
+
+
+def test_selection_modes_pick_by_anchor_reward(tmp_path):
+    trainer = Trainer(_config(tmp_path / "s"))
+    anchor = torch.tensor([0.2, 0.9, 0.5, 0.1])
+    trainer.tracker.update(torch.tensor([0.45, 0.55]))  # μ_ema = 0.5
+    ada = trainer.cfg.adagrpo
+    for mode, want in (("curriculum", [2, 0]), ("easiest", [1, 2]), ("hardest", [3, 0]), ("median", [0, 3]),  # lower median 0.2
+                       ("random", [0, 1])):
+        ada.selection = mode
+        assert trainer._pick(anchor, ada).tolist() == want, mode

@@ -97,11 +97,16 @@ class AdaGRPOConfig:
     """k: prompts trained per iteration (without the curriculum, k random prompts)."""
     decay: float = 0.8
     """α of the capability EMA."""
+    selection: str = "curriculum"
+    """With curriculum on: curriculum (nearest μ_ema) | random | easiest | hardest | median — AdaGRPO's ablation."""
     fusion: bool = True
     """Cross-level fusion: add the calibrated global EMA advantage to the group advantage."""
     fusion_weight: float = 1.0
 
     def __post_init__(self):
+        if self.selection not in ("curriculum", "random", "easiest", "hardest", "median"):
+            raise ValueError(f"adagrpo.selection must be curriculum, random, easiest, hardest or median, "
+                             f"got {self.selection!r}")
         if not 1 <= self.keep <= self.candidates:
             raise ValueError(f"adagrpo.keep must be in [1, adagrpo.candidates={self.candidates}], got {self.keep}")
 

@@ -159,7 +159,7 @@ class Trainer:
                               guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
             anchor = self._reward(traj.latents, cand.combos)
             self.tracker.update(anchor)
-            keep = self.tracker.select(anchor, ada.keep).cpu() if ada.curriculum else torch.arange(ada.keep)
+            keep = self._pick(anchor, ada) if ada.curriculum else torch.arange(ada.keep)
             stats = {"anchor_reward": anchor.mean().item(), "ema_mean": self.tracker.mean.item()}
         return Prompts(cand.combos[keep], [cand.texts[i] for i in keep.tolist()]), stats
 
@@ -242,6 +242,20 @@ class Trainer:
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+
+    def _pick(self, anchor: torch.Tensor, ada) -> torch.Tensor:
+        """Kept candidates by ``adagrpo.selection``: nearest μ_ema (the curriculum), the easiest / hardest anchors,
+        the nearest the batch median, or the first k of the random candidates (AdaGRPO's ablation)."""
+        if ada.selection == "curriculum":
+            return self.tracker.select(anchor, ada.keep).cpu()
+        order = torch.argsort(anchor.cpu(), descending=True, stable=True)
+        if ada.selection == "easiest":
+            return order[:ada.keep]
+        if ada.selection == "hardest":
+            return order.flip(0)[:ada.keep]
+        if ada.selection == "median":
+            return torch.sort((anchor.cpu() - anchor.cpu().median()).abs(), stable=True).indices[:ada.keep]
+        return torch.arange(ada.keep)
 
     def _group_noise(self, group: int, seed: int) -> torch.Tensor:
         """A group's initial noise: independent per sample, or one draw shared by the group (DanceGRPO)."""
