@@ -61,14 +61,14 @@ class Trainer:
         self.model = self.world.transformer
         if config.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
+        # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0)
+        self.reference = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.optim.kl_beta > 0
+                          else None)
         self.rank, self.world_size = _distributed()
         self.trained = self.model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
             self.trained = DistributedDataParallel(self.model)  # also broadcasts rank 0's weights
-        # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0)
-        self.reference = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.optim.kl_beta > 0
-                          else None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            weight_decay=config.optim.weight_decay)
         self.tracker = CapabilityTracker(config.adagrpo.decay, device=self.device)
