@@ -190,12 +190,13 @@ def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["default", "mixgrpo", "mixgrpo_flash", "flow_grpo", "flow_grpo_fast",
-                                    "dance_grpo", "flow_cps", "adagrpo_flow_grpo"])
+                                    "dance_grpo", "flow_cps", "adagrpo_flow_grpo", "g2rpo"])
 def test_recipe_configs_train_and_round_trip(recipe, tmp_path):
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "configs" / f"{recipe}.yaml"
-    config = load_config(str(path), TINY + ("iterations=2", f"out_dir={tmp_path / recipe}", "adagrpo.keep=2"))
+    extra = ("branch.points=0,1",) if recipe == "g2rpo" else ()
+    config = load_config(str(path), TINY + ("iterations=2", f"out_dir={tmp_path / recipe}", "adagrpo.keep=2") + extra)
     dump_config(config, tmp_path / "again.yaml")
     assert load_config(str(tmp_path / "again.yaml")) == config
     trainer = Trainer(config)
@@ -238,3 +239,34 @@ def test_selection_modes_pick_by_anchor_reward(tmp_path):
                        ("random", [0, 1])):
         ada.selection = mode
         assert trainer._pick(anchor, ada).tolist() == want, mode
+
+
+def test_g2rpo_branches_share_the_trunk_and_differ_after_it():
+    from fastgrpo.train.branching import branch, stride_grid
+    from fastgrpo.train.rollout import sample
+    from fastgrpo.world import World
+
+    world = World.load()
+    sig = sigmas(6, 3.0)
+    noise = torch.randn(1, *world.codec.latent_shape, generator=torch.Generator().manual_seed(0))
+    text = world.encode_prompts(["a red circle at the left"])
+    target = torch.tensor([[0, 0, 0]] * 4)
+    out = branch(world.transformer, noise, sig, [0, 2], [1, 2], 4, text, None, guidance=1.0, eta=0.7,
+                 family="flow_sde", logprob="full", seed=3, score=lambda z: shapes.reward(world.codec.decode(z), target))
+    for k, traj, rewards in out:
+        trunk = sample(world.transformer, noise, sig[:k + 1], text, None, guidance=1.0, eta=0.7,
+                       family="flow_sde").latents
+        assert all(torch.equal(traj.x[0][g], trunk[0]) for g in range(4))  # identical up to the branch point
+        assert not torch.equal(traj.x_next[0][0], traj.x_next[0][1])  # and different after it
+        assert rewards.shape == (4, 2) and torch.isfinite(rewards).all()
+    # λ = 2 from an odd k on T = 16 misses σ = 0: the scored image is the last call's x̂0
+    assert stride_grid(sigmas(16, 3.0), 1, 2)[-1] > 0 and stride_grid(sigmas(16, 3.0), 1, 1)[-1] == 0
+
+
+def test_branch_options_are_checked():
+    with pytest.raises(ValueError, match="branch.points"):
+        load_config(None, ("branch.enabled=true", "branch.points=0,9"))
+    with pytest.raises(ValueError, match="branch.strides"):
+        load_config(None, ("branch.strides=",))
+    with pytest.raises(ValueError, match="branch.points is empty"):
+        load_config(None, ("branch.points=",))

@@ -88,6 +88,31 @@ class WindowConfig:
 
 
 @dataclass(kw_only=True)
+class BranchConfig:
+    enabled: bool = False
+    """G²RPO's singular stochastic sampling instead of a window: ODE trunk, one SDE step branching G samples."""
+    points: str = "0,1,2,3"
+    """Branch points k (comma-separated steps; G²RPO uses the first half of the schedule)."""
+    strides: str = "1,2"
+    """Λ: ODE strides that finish each branch; per-λ group z-scores are summed (G²RPO's code: 1,2; paper 1,2,3)."""
+
+    def lists(self) -> tuple[list[int], list[int]]:
+        try:
+            points = [int(p) for p in str(self.points or "").split(",") if p.strip()]
+            strides = [int(p) for p in str(self.strides or "").split(",") if p.strip()]
+        except ValueError:
+            raise ValueError("branch.points and branch.strides are comma-separated integers") from None
+        return points, strides
+
+    def __post_init__(self):
+        points, strides = self.lists()
+        if not points:
+            raise ValueError("branch.points is empty: give at least one branch step")
+        if not strides or min(strides) < 1:
+            raise ValueError("branch.strides (Λ) must be a non-empty list of integers >= 1")
+
+
+@dataclass(kw_only=True)
 class AdaGRPOConfig:
     curriculum: bool = True
     """Online curriculum filtering: train the candidates whose ODE anchor reward is nearest the capability EMA."""
@@ -139,6 +164,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
     adagrpo: AdaGRPOConfig = field(default_factory=AdaGRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     iterations: int = 40
@@ -153,6 +179,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.window.size > self.sampling.steps - 1:
             raise ValueError(f"window.size={self.window.size} must be < sampling.steps={self.sampling.steps}")
+        points, _ = self.branch.lists()
+        if self.branch.enabled and not 0 <= min(points) <= max(points) <= self.sampling.steps - 2:
+            raise ValueError(f"branch.points={self.branch.points!r} must lie in 0..sampling.steps-2 "
+                             f"({self.sampling.steps - 2})")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a group needs spread), got {self.group_size}")
         if self.iterations < 0:

@@ -31,6 +31,7 @@ from ..ops import flow_step, group_advantages
 from ..world import World, shapes
 from . import checkpoint, report
 from .config import TrainConfig, dump_config, to_dict
+from .branching import branch
 from .rollout import guided_velocity, sample
 from .schedule import flash_sigmas, sigmas, window
 
@@ -174,46 +175,57 @@ class Trainer:
         grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio)
                 if cfg.window.flash else self.sigmas)
         G = cfg.group_size
-        trajs, rewards = [], []
+        groups, rewards = [], []  # groups: (prompt text, trajectory of G samples)
         self.model.eval()
         for p, text in enumerate(kept.texts):
-            noise = self._group_noise(G, seed + 100 + p)
+            target = kept.combos[p].expand(G, 3)
+            if cfg.branch.enabled:
+                points, strides = cfg.branch.lists()
+                with self._autocast():
+                    branches = branch(self.model, self._group_noise(1, seed + 100 + p), self.sigmas, points, strides,
+                                      G, self._text([text]), self._empty(1), guidance=cfg.sampling.guidance,
+                                      eta=cfg.sampling.eta, family=cfg.sampling.family,
+                                      logprob=cfg.sampling.logprob, seed=seed + 200 + p,
+                                      score=lambda latents: self._reward(latents, target))
+                for _, traj, r in branches:
+                    groups.append((text, traj))
+                    rewards.append(r)
+                continue
             with self._autocast():
-                traj = sample(self.model, noise, grid, self._text([text] * G), self._empty(G),
-                              guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
-                              logprob=cfg.sampling.logprob, window=(start, end), seed=seed + 200 + p,
-                              flash=cfg.window.flash)
-            trajs.append(traj)
-            rewards.append(self._reward(traj.latents, kept.combos[p].expand(G, 3)))
+                traj = sample(self.model, self._group_noise(G, seed + 100 + p), grid, self._text([text] * G),
+                              self._empty(G), guidance=cfg.sampling.guidance, eta=cfg.sampling.eta,
+                              family=cfg.sampling.family, logprob=cfg.sampling.logprob, window=(start, end),
+                              seed=seed + 200 + p, flash=cfg.window.flash)
+            groups.append((text, traj))
+            rewards.append(self._reward(traj.latents, target))
         self.model.train()
         t_rollout = time.perf_counter()
-        rewards = torch.cat(rewards)
+        rewards = torch.cat(rewards)  # (N,), or (N, |Λ|) for G²RPO's granularities
         if self._any_rank(~torch.isfinite(rewards).all()):
             return self._nonfinite("rewards")
-        ids = torch.arange(len(kept.texts), device=rewards.device).repeat_interleave(G)
+        ids = torch.arange(len(groups), device=rewards.device).repeat_interleave(G)
         adv = group_advantages(rewards, ids, std=opt_cfg.adv_std, eps=opt_cfg.adv_eps, clip=opt_cfg.adv_clip,
                                ema=self.tracker if ada.fusion else None, fusion_weight=ada.fusion_weight,
                                check_finite=False)
+        rewards = rewards.mean(1) if rewards.dim() == 2 else rewards
         t_adv = time.perf_counter()
 
         self.optimizer.zero_grad(set_to_none=True)
-        trained = self._trained_steps(len(trajs[0].x), seed)
+        trained = self._trained_steps(len(groups[0][1].x), seed)
         ratios, clipfrac, losses, kls = [], [], [], []
-        backwards, done = len(trained) * len(trajs), 0
-        for p, traj in enumerate(trajs):
+        backwards, done = len(trained) * len(groups), 0
+        for p, (prompt_text, traj) in enumerate(groups):
             a = adv.advantages[p * G:(p + 1) * G]
-            text, empty = self._text([kept.texts[p]] * G), self._empty(G)
             for j in trained:
                 step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
                 mu_ref = None
                 if self.reference is not None:
                     with torch.no_grad(), self._autocast():
-                        v_ref = guided_velocity(self.reference, traj.x[j], traj.sigma[j], text, empty,
-                                                cfg.sampling.guidance)
+                        v_ref = self._velocity(self.reference, traj, j, prompt_text)
                         mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
                                            x_next=traj.x_next[j], return_mean=True).mean
                 with self._autocast():
-                    v = guided_velocity(self.trained, traj.x[j], traj.sigma[j], text, empty, cfg.sampling.guidance)
+                    v = self._velocity(self.trained, traj, j, prompt_text)
                 fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
                                   x_next=traj.x_next[j], mu_ref=mu_ref)
                 lp = fused.log_prob
@@ -242,6 +254,15 @@ class Trainer:
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+
+    def _velocity(self, model, traj, j: int, prompt_text: str) -> torch.Tensor:
+        """v at stored step j, batched exactly as in the rollout (so the replayed log-prob is bit-identical): the
+        whole group, or one call expanded to the group when its samples share the input (G²RPO's branches)."""
+        x = traj.x[j]
+        n = 1 if traj.shared_input else x.shape[0]
+        v = guided_velocity(model, x[:n], traj.sigma[j], self._text([prompt_text] * n), self._empty(n),
+                            self.cfg.sampling.guidance)
+        return v.expand_as(x)
 
     def _pick(self, anchor: torch.Tensor, ada) -> torch.Tensor:
         """Kept candidates by ``adagrpo.selection``: nearest μ_ema (the curriculum), the easiest / hardest anchors,

@@ -23,6 +23,8 @@ class Trajectory:
     """Per window step: (G,) log-prob of the stored x_next (the PPO 'old' log-prob)."""
     sigma: list[float]
     sigma_next: list[float]
+    shared_input: bool = False
+    """All G samples share each stored input x (G²RPO's branches): one model call serves the group."""
 
 
 def guided_velocity(transformer, x: Tensor, sigma: float, text: TextEmbeddings, empty: TextEmbeddings | None,
