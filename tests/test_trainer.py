@@ -190,7 +190,8 @@ def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["default", "mixgrpo", "mixgrpo_flash", "flow_grpo", "flow_grpo_fast",
-                                    "dance_grpo", "flow_cps", "adagrpo_flow_grpo", "g2rpo"])
+                                    "dance_grpo", "flow_cps", "adagrpo_flow_grpo", "g2rpo",
+                                    "stepwise_flow_grpo"])
 def test_recipe_configs_train_and_round_trip(recipe, tmp_path):
     from pathlib import Path
 
@@ -270,3 +271,31 @@ def test_branch_options_are_checked():
         load_config(None, ("branch.strides=",))
     with pytest.raises(ValueError, match="branch.points is empty"):
         load_config(None, ("branch.points=",))
+
+
+def test_stepwise_gains_telescope_to_final_minus_initial(tmp_path):
+    trainer = Trainer(_config(tmp_path / "sw", "stepwise.enabled=true", "adagrpo.fusion=false", "window.size=3"))
+    cfg = trainer.cfg
+    from fastgrpo.train.rollout import sample
+    noise = trainer._group_noise(3, 11)
+    text = trainer.train_prompts.texts[0]
+    target = trainer.train_prompts.combos[0].expand(3, 3)
+    traj = sample(trainer.model, noise, trainer.sigmas, trainer._text([text] * 3), None, guidance=1.0,
+                  eta=cfg.sampling.eta, family=cfg.sampling.family, window=(0, 3), seed=5)
+    gains, final = trainer._stepwise_gains(traj, text, target)
+    assert gains.shape == (3, 3) and torch.equal(final, trainer._reward(traj.latents, target))
+
+    def x0_reward(x, sigma):  # an independent x̂0 refinement: Euler sub-steps written out here
+        emb = trainer._text([text] * 3)
+        grid = torch.linspace(sigma, 0.0, cfg.stepwise.substeps + 1).tolist()
+        for s, sn in zip(grid[:-1], grid[1:]):
+            x = x + (sn - s) * trainer.model(hidden_states=x, encoder_hidden_states=emb.hidden,
+                                             pooled_projections=emb.pooled, timestep=torch.full((3,), s * 1000.0),
+                                             return_dict=False)[0]
+        return trainer._reward(x, target)
+
+    with torch.no_grad():
+        want = x0_reward(traj.x_next[-1], traj.sigma_next[-1]) - x0_reward(traj.x[0], traj.sigma[0])
+    torch.testing.assert_close(gains.sum(1), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="stepwise.enabled"):
+        load_config(None, ("stepwise.enabled=true",))  # fusion is on by default: a per-sample advantage

@@ -113,6 +113,19 @@ class BranchConfig:
 
 
 @dataclass(kw_only=True)
+class StepwiseConfig:
+    enabled: bool = False
+    """Stepwise-Flow-GRPO: per-step gains g = R(x̂0 after the step) − R(x̂0 before it), normalised jointly over
+    each group's G×T gains; x̂0(t) from a short deterministic ODE run from x_t."""
+    substeps: int = 5
+    """T': ODE steps that refine x̂0(t) (the paper finds 2, 5 and 8 alike)."""
+
+    def __post_init__(self):
+        if self.substeps < 1:
+            raise ValueError(f"stepwise.substeps must be >= 1, got {self.substeps}")
+
+
+@dataclass(kw_only=True)
 class AdaGRPOConfig:
     curriculum: bool = True
     """Online curriculum filtering: train the candidates whose ODE anchor reward is nearest the capability EMA."""
@@ -165,6 +178,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     branch: BranchConfig = field(default_factory=BranchConfig)
+    stepwise: StepwiseConfig = field(default_factory=StepwiseConfig)
     adagrpo: AdaGRPOConfig = field(default_factory=AdaGRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     iterations: int = 40
@@ -183,6 +197,9 @@ class TrainConfig:
         if self.branch.enabled and not 0 <= min(points) <= max(points) <= self.sampling.steps - 2:
             raise ValueError(f"branch.points={self.branch.points!r} must lie in 0..sampling.steps-2 "
                              f"({self.sampling.steps - 2})")
+        if self.stepwise.enabled and (self.branch.enabled or self.window.flash or self.adagrpo.fusion):
+            raise ValueError("stepwise.enabled trains per-step gains of the window's SDE steps: it excludes "
+                             "branch.enabled, window.flash and adagrpo.fusion (a per-sample global advantage)")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a group needs spread), got {self.group_size}")
         if self.iterations < 0:

@@ -175,7 +175,7 @@ class Trainer:
         grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio)
                 if cfg.window.flash else self.sigmas)
         G = cfg.group_size
-        groups, rewards = [], []  # groups: (prompt text, trajectory of G samples)
+        groups, rewards, finals = [], [], []  # groups: (prompt text, trajectory of G samples)
         self.model.eval()
         for p, text in enumerate(kept.texts):
             target = kept.combos[p].expand(G, 3)
@@ -197,7 +197,13 @@ class Trainer:
                               family=cfg.sampling.family, logprob=cfg.sampling.logprob, window=(start, end),
                               seed=seed + 200 + p, flash=cfg.window.flash)
             groups.append((text, traj))
-            rewards.append(self._reward(traj.latents, target))
+            if cfg.stepwise.enabled:
+                with self._autocast():
+                    gains, final = self._stepwise_gains(traj, text, target)
+                rewards.append(gains)
+                finals.append(final)
+            else:
+                rewards.append(self._reward(traj.latents, target))
         self.model.train()
         t_rollout = time.perf_counter()
         rewards = torch.cat(rewards)  # (N,), or (N, |Λ|) for G²RPO's granularities
@@ -206,8 +212,9 @@ class Trainer:
         ids = torch.arange(len(groups), device=rewards.device).repeat_interleave(G)
         adv = group_advantages(rewards, ids, std=opt_cfg.adv_std, eps=opt_cfg.adv_eps, clip=opt_cfg.adv_clip,
                                ema=self.tracker if ada.fusion else None, fusion_weight=ada.fusion_weight,
-                               check_finite=False)
-        rewards = rewards.mean(1) if rewards.dim() == 2 else rewards
+                               pooled=cfg.stepwise.enabled, check_finite=False)
+        # the reported reward: of the final images (Stepwise), or the mean over granularities (G²RPO)
+        rewards = torch.cat(finals) if finals else (rewards.mean(1) if rewards.dim() == 2 else rewards)
         t_adv = time.perf_counter()
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +236,7 @@ class Trainer:
                 fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
                                   x_next=traj.x_next[j], mu_ref=mu_ref)
                 lp = fused.log_prob
-                out = ppo_clip_loss(lp, traj.log_prob[j], a, opt_cfg.clip_range)
+                out = ppo_clip_loss(lp, traj.log_prob[j], a[:, j] if a.dim() == 2 else a, opt_cfg.clip_range)
                 total = out.loss
                 if mu_ref is not None:
                     total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
@@ -254,6 +261,25 @@ class Trainer:
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+
+    @torch.no_grad()
+    def _stepwise_gains(self, traj, text: str, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((G, steps) gains R(x̂0 after step j) − R(x̂0 before it), (G,) final rewards); x̂0(x_t) from
+        ``stepwise.substeps`` Euler steps to σ = 0. The gains telescope to R(after the last window step) −
+        R(x̂0 before the first)."""
+        cfg = self.cfg
+        G = traj.latents.shape[0]
+        embeddings = self._text([text] * G)
+
+        def refined(x, sigma):
+            grid = torch.linspace(sigma, 0.0, cfg.stepwise.substeps + 1).tolist()
+            for s, sn in zip(grid[:-1], grid[1:]):
+                x = x + (sn - s) * guided_velocity(self.model, x, s, embeddings, self._empty(G), cfg.sampling.guidance)
+            return x
+
+        before = [self._reward(refined(x, s), target) for x, s in zip(traj.x, traj.sigma)]
+        after = before[1:] + [self._reward(refined(traj.x_next[-1], traj.sigma_next[-1]), target)]
+        return torch.stack([a - b for a, b in zip(after, before)], 1), self._reward(traj.latents, target)
 
     def _velocity(self, model, traj, j: int, prompt_text: str) -> torch.Tensor:
         """v at stored step j, batched exactly as in the rollout (so the replayed log-prob is bit-identical): the
