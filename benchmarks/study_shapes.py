@@ -27,8 +27,7 @@ except ImportError:  # run as a script
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 RECIPES = ["flow_grpo", "flow_grpo_fast", "dance_grpo", "flow_cps", "g2rpo", "stepwise_flow_grpo", "mixgrpo",
-           "mixgrpo_flash",
-           "adagrpo_flow_grpo", "default"]
+           "mixgrpo_flash", "adagrpo_flow_grpo", "default"]
 ABLATION = ["random", "easiest", "hardest", "median"]  # "curriculum" is the default recipe itself
 KEYS = ("eval_train_reward", "eval_train_correct", "eval_heldout_reward", "eval_heldout_correct")
 
