@@ -103,6 +103,12 @@ def git_commit() -> str:
         return os.environ.get("FASTGRPO_BENCH_COMMIT", "unknown")
 
 
+def _command() -> str:
+    """The command line, with paths inside the repository written relative to it (no machine paths)."""
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    return " ".join(arg.replace(root, "") for arg in sys.argv)
+
+
 def environment(device: torch.device | None = None) -> dict:
     device = device or pick_device()
     try:
@@ -119,7 +125,7 @@ def environment(device: torch.device | None = None) -> dict:
         "python": platform.python_version(),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": _command(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
