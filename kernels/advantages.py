@@ -91,7 +91,7 @@ def _group_adv_kernel(r_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, batch_std
         # pass 3: outputs
         for m0 in range(0, cnt, BLOCK_M):
             idx, mmask, tmask, tile = _members(r_ptr, order_ptr, start, m0, cnt, kk, kmask, K, BLOCK_M)
-            live = spread[None, :] & tmask
+            live = spread[None, :] & tmask & ((scale[None, :] + eps) > 0.0)
             z = tl.where(live, (tile - mean[None, :]) / tl.where(live, scale[None, :] + eps, 1.0), 0.0)
             if POOLED:
                 local = z

@@ -205,3 +205,11 @@ def test_bad_input_names_the_problem():
         group_advantages(r, ids, aggregate="mean")
     with pytest.raises(ValueError, match="pooled"):
         group_advantages(torch.randn(6, 2), ids, pooled=True, ema=_ema())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_underflowing_spread_with_zero_eps_is_finite(backend):
+    """Found by hypothesis: a denormal spread has std 0 after underflow; with eps = 0 that must give 0, not NaN."""
+    r = torch.tensor([1.401298464324817e-45, 0.0, 0.0, 0.0])
+    out = group_advantages(r, torch.arange(4) % 3, eps=0.0, backend=backend)
+    assert torch.isfinite(out.advantages).all()

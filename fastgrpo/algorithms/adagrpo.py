@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._dist import world_size
+
 
 class CapabilityTracker:
     """EMA of the policy's capability; pass it as ``ema=`` to ``fastgrpo.ops.group_advantages`` for the fusion."""
@@ -31,18 +33,15 @@ class CapabilityTracker:
         return torch.sqrt(torch.clamp(self.var, min=1e-8))
 
     def _batch_moments(self, rewards: Tensor) -> tuple[Tensor, Tensor]:
-        r = rewards.detach().float().reshape(-1)
-        count = torch.tensor(float(r.numel()), device=r.device)
-        total, total_sq = r.sum(), (r * r).sum()
-        if not self.per_rank and torch.distributed.is_available() and torch.distributed.is_initialized():
-            packed = torch.stack([count, total, total_sq])
-            torch.distributed.all_reduce(packed)
-            count, total, total_sq = packed.unbind()
+        """Mean and population variance of the candidate rewards — over all ranks unless ``per_rank`` (one
+        all-reduce of (count, Σr, Σr²); no host sync)."""
+        r = rewards.detach().double().reshape(-1)  # fp64 sums: Σr² − n·mean² cancels badly in fp32
+        sums = torch.stack([torch.full_like(r[0], r.numel()), r.sum(), (r * r).sum()])
+        if not self.per_rank and world_size() > 1:
+            torch.distributed.all_reduce(sums)
+        count, total, total_sq = sums.unbind()
         mean = total / count
-        # population variance from the pooled sums, centred for accuracy on one rank
-        var = ((r - mean).pow(2).sum() / count if self.per_rank or not _distributed()
-               else torch.clamp(total_sq / count - mean * mean, min=0.0))
-        return mean, var
+        return mean.float(), torch.clamp(total_sq / count - mean * mean, min=0.0).float()
 
     def update(self, rewards: Tensor) -> None:
         """Fold one candidate batch of anchor rewards into the EMA (the first batch initialises it)."""
@@ -77,7 +76,3 @@ class CapabilityTracker:
         self.mean = state["mean"].to(device=device, dtype=torch.float32).reshape(())
         self.var = state["var"].to(device=device, dtype=torch.float32).reshape(())
         self.ready = state["ready"].to(device=device, dtype=torch.bool).reshape(())
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()

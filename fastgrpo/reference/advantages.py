@@ -80,7 +80,10 @@ def _zscore(x: Tensor, ids: Tensor, slots: int, counts: Tensor, ddof: int, eps: 
     std = (_segment(dev * dev, ids, slots, "sum") / (cnt - ddof).clamp(min=1)).sqrt()
     spread = _segment(x, ids, slots, "amax") > _segment(x, ids, slots, "amin")
     scale = batch_std.expand_as(std) if batch_std is not None else std
-    z = torch.where(spread[ids], dev / (scale[ids] + eps), torch.zeros_like(dev))
+    denom = scale[ids] + eps
+    # a spread whose std underflows (denormal rewards with eps = 0) counts as no spread: 0, never inf/NaN
+    live = spread[ids] & (denom > 0)
+    z = torch.where(live, dev / torch.where(live, denom, torch.ones_like(denom)), torch.zeros_like(dev))
     return z, std, spread
 
 

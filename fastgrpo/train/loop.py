@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .._dist import rank_and_world
 from ..algorithms import CapabilityTracker, kl_penalty, ppo_clip_loss
 from ..ops import flow_step, group_advantages
 from ..world import World, shapes
@@ -65,7 +66,7 @@ class Trainer:
         # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0)
         self.reference = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.optim.kl_beta > 0
                           else None)
-        self.rank, self.world_size = _distributed()
+        self.rank, self.world_size = rank_and_world()
         self.trained = self.model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -420,12 +421,6 @@ def _tensorboard(folder: Path):
     except ImportError:
         return None
     return SummaryWriter(str(folder))
-
-
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> list[dict]:
