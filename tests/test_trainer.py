@@ -58,7 +58,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 2)
-    ckpt.save(tmp_path, 1, model, {"iteration": 1})
+    ckpt.save(tmp_path, 1, model.state_dict(), {"iteration": 1})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -68,7 +68,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        ckpt.save(tmp_path, 2, model, {"iteration": 2})
+        ckpt.save(tmp_path, 2, model.state_dict(), {"iteration": 2})
     weights, state = ckpt.load(tmp_path)
     assert state["iteration"] == 1 and torch.equal(weights["weight"], before["weight"])
     assert not any(p.name.startswith(".ckpt-tmp") for p in tmp_path.iterdir())
@@ -252,10 +252,12 @@ def test_g2rpo_branches_share_the_trunk_and_differ_after_it():
     noise = torch.randn(1, *world.codec.latent_shape, generator=torch.Generator().manual_seed(0))
     text = world.encode_prompts(["a red circle at the left"])
     target = torch.tensor([[0, 0, 0]] * 4)
-    out = branch(world.transformer, noise, sig, [0, 2], [1, 2], 4, text, None, guidance=1.0, eta=0.7,
+    from fastgrpo.models.world import WorldBackbone
+    denoise = WorldBackbone(world).denoiser(world.transformer)
+    out = branch(denoise, noise, sig, [0, 2], [1, 2], 4, text, None, guidance=1.0, eta=0.7,
                  family="flow_sde", logprob="full", seed=3, score=lambda z: shapes.reward(world.codec.decode(z), target))
     for k, traj, rewards in out:
-        trunk = sample(world.transformer, noise, sig[:k + 1], text, None, guidance=1.0, eta=0.7,
+        trunk = sample(denoise, noise, sig[:k + 1], text, None, guidance=1.0, eta=0.7,
                        family="flow_sde").latents
         assert all(torch.equal(traj.x[0][g], trunk[0]) for g in range(4))  # identical up to the branch point
         assert not torch.equal(traj.x_next[0][0], traj.x_next[0][1])  # and different after it
@@ -279,8 +281,8 @@ def test_stepwise_gains_telescope_to_final_minus_initial(tmp_path):
     from fastgrpo.train.rollout import sample
     noise = trainer._group_noise(3, 11)
     text = trainer.train_prompts.texts[0]
-    target = trainer.train_prompts.combos[0].expand(3, 3)
-    traj = sample(trainer.model, noise, trainer.sigmas, trainer._text([text] * 3), None, guidance=1.0,
+    target = trainer.train_prompts.take([0]).repeat(3)
+    traj = sample(trainer.backbone.denoiser(trainer.model), noise, trainer.sigmas, trainer._text([text] * 3), None, guidance=1.0,
                   eta=cfg.sampling.eta, family=cfg.sampling.family, window=(0, 3), seed=5)
     gains, final = trainer._stepwise_gains(traj, text, target)
     assert gains.shape == (3, 3) and torch.equal(final, trainer._reward(traj.latents, target))

@@ -21,28 +21,28 @@ def stride_grid(sigmas: Tensor, k: int, stride: int) -> list[float]:
 
 
 @torch.no_grad()
-def ode_to_image(transformer, x: Tensor, grid: list[float], text: TextEmbeddings, empty, guidance: float) -> Tensor:
+def ode_to_image(model, x: Tensor, grid: list[float], text: TextEmbeddings, empty, guidance: float) -> Tensor:
     """Euler along ``grid``; if it stops above σ = 0, the x̂0 of one more model call at the last σ."""
     for s, sn in zip(grid[:-1], grid[1:]):
-        x = x + (sn - s) * guided_velocity(transformer, x, s, text, empty, guidance)
+        x = x + (sn - s) * guided_velocity(model, x, s, text, empty, guidance)
     if grid[-1] > 0:
-        x = x - grid[-1] * guided_velocity(transformer, x, grid[-1], text, empty, guidance)
+        x = x - grid[-1] * guided_velocity(model, x, grid[-1], text, empty, guidance)
     return x
 
 
 @torch.no_grad()
-def branch(transformer, noise: Tensor, sigmas: Tensor, points: list[int], strides: list[int], group: int,
+def branch(model, noise: Tensor, sigmas: Tensor, points: list[int], strides: list[int], group: int,
            text: TextEmbeddings, empty, *, guidance: float, eta: float, family: str, logprob: str, seed: int,
            score) -> list[tuple[int, Trajectory, Tensor]]:
     """For one prompt: ``[(k, branch trajectory (one stored step), rewards (G, |Λ|))]`` for every branch point.
 
-    ``noise``: (1, ...) trunk noise; ``text``/``empty``: embeddings for a batch of one; ``score(latents)`` → (B,)."""
+    ``model(x, σ, text) -> v`` (``Backbone.denoiser``); ``noise``: (1, ...) trunk noise; ``text``/``empty``: embeddings for a batch of one; ``score(latents)`` → (B,)."""
     sig = sigmas.tolist()
     x = noise
     trunk = {}
     for i in range(max(points) + 1):
         trunk[i] = x
-        x = x + (sig[i + 1] - sig[i]) * guided_velocity(transformer, x, sig[i], text, empty, guidance)
+        x = x + (sig[i + 1] - sig[i]) * guided_velocity(model, x, sig[i], text, empty, guidance)
 
     def expand(e: TextEmbeddings | None):
         return None if e is None else TextEmbeddings(e.hidden.expand(group, -1, -1), e.pooled.expand(group, -1))
@@ -51,9 +51,9 @@ def branch(transformer, noise: Tensor, sigmas: Tensor, points: list[int], stride
     out = []
     for k in points:
         x_k = trunk[k].expand(group, *trunk[k].shape[1:])
-        v = guided_velocity(transformer, trunk[k], sig[k], text, empty, guidance).expand_as(x_k)
+        v = guided_velocity(model, trunk[k], sig[k], text, empty, guidance).expand_as(x_k)
         step = flow_step(v, x_k, sig[k], sig[k + 1], eta, family=family, logprob=logprob, seed=seed * 1009 + k)
-        rewards = torch.stack([score(ode_to_image(transformer, step.x_next, stride_grid(sigmas, k, lam), text_g,
+        rewards = torch.stack([score(ode_to_image(model, step.x_next, stride_grid(sigmas, k, lam), text_g,
                                                   empty_g, guidance)) for lam in strides], 1)
         traj = Trajectory(step.x_next, [x_k.contiguous()], [step.x_next], [step.log_prob], [sig[k]], [sig[k + 1]],
                           shared_input=True)

@@ -20,7 +20,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(out_dir: str | os.PathLike, iteration: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
+def save(out_dir: str | os.PathLike, iteration: int, weights: dict, state: dict, keep: int = 2) -> Path:
+    """``weights``: name → tensor (the model or its LoRA adapter); ``state``: everything else (torch.save)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -28,8 +29,7 @@ def save(out_dir: str | os.PathLike, iteration: int, model: torch.nn.Module, sta
     final = out / f"ckpt-{iteration:06d}"
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".ckpt-tmp-"))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         if final.exists():
             shutil.rmtree(final)

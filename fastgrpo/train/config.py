@@ -15,17 +15,113 @@ SCHEDULES = ("progressive", "frozen", "random", "linear_decay", "exp_decay")
 @dataclass(kw_only=True)
 class ModelConfig:
     kind: str = "world"
-    """Only the embedded shapes world is wired into the loop so far; local SD3/FLUX pipelines come next."""
+    """world (the embedded shapes world) | sd3 (a local StableDiffusion3Pipeline directory, SD3 / SD3.5) | flux
+    (a local FluxPipeline directory)."""
     path: Optional[str] = None
-    """World weights (safetensors); default: the weights shipped in the package."""
+    """world: its weights (safetensors; null = the weights shipped in the package); sd3 / flux: the pipeline
+    directory written by ``save_pretrained`` (never downloaded)."""
+    resolution: int = 512
+    """sd3 / flux: image side in pixels (latents are resolution/8)."""
+    dtype: str = "bf16"
+    """sd3 / flux: weights of the frozen parts (text encoders, VAE, the base under LoRA): bf16 | fp16 | fp32.
+    Trained weights are fp32 (LoRA adapters; the whole transformer when lora_rank = 0)."""
+    lora_rank: int = 0
+    """LoRA rank through peft (0 = full fine-tuning)."""
+    lora_alpha: float = 0.0
+    """LoRA α (0 = the rank)."""
+    lora_targets: str = "to_q,to_k,to_v,to_out.0"
+    """Comma-separated module names the adapter wraps (Flow-GRPO / MixGRPO: the attention projections)."""
+    max_sequence_length: int = 256
+    """sd3 / flux: T5 tokens per prompt."""
+    flux_guidance: float = 3.5
+    """flux: FLUX.1-dev's embedded guidance (models without a guidance embedding ignore it)."""
+    text_cache: int = 512
+    """Prompts whose text embeddings are kept (each distinct prompt is encoded once while it stays)."""
     gradient_checkpointing: bool = False
     """Recompute the transformer's activations in the backward (memory for time)."""
     autocast: bool = False
     """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
 
+    def target_modules(self) -> list[str]:
+        return [t.strip() for t in str(self.lora_targets or "").split(",") if t.strip()]
+
     def __post_init__(self):
-        if self.kind != "world":
-            raise ValueError(f"model.kind={self.kind!r}: only 'world' is supported by this version of the trainer")
+        if self.kind not in ("world", "sd3", "flux"):
+            raise ValueError(f"model.kind must be world, sd3 or flux, got {self.kind!r}")
+        if self.dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"model.dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise ValueError("model.lora_rank and model.lora_alpha must be >= 0")
+        if self.lora_rank > 0 and not self.target_modules():
+            raise ValueError("model.lora_targets is empty: name the modules the adapter wraps")
+        if self.resolution < 16 or self.max_sequence_length < 1 or self.text_cache < 1:
+            raise ValueError("model.resolution must be >= 16, model.max_sequence_length and model.text_cache >= 1")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train_prompts: Optional[str] = None
+    """sd3 / flux: a text file, one training prompt per line (the world uses its own prompts)."""
+    eval_prompts: Optional[str] = None
+    """Prompts evaluated on fixed seeds (a text file; null = the first eval_count training prompts)."""
+    eval_count: int = 16
+
+    def __post_init__(self):
+        if self.eval_count < 1:
+            raise ValueError(f"data.eval_count must be >= 1, got {self.eval_count}")
+
+
+@dataclass(kw_only=True)
+class RewardConfig:
+    names: str = "world"
+    """Comma-separated registered rewards (fastgrpo.rewards), e.g. "pickscore,hpsv2"; "world" = the shapes
+    world's programmatic reward (only with model.kind world)."""
+    weights: str = ""
+    """Comma-separated weights, one per name (empty = all 1)."""
+    paths: str = ""
+    """name=directory pairs, comma-separated, e.g. "pickscore=/models/PickScore_v1,hpsv2=/models/hps"."""
+    aggregate: str = "sum_zscore"
+    """Several rewards: z-score the weighted sum (Flow-GRPO, sum_zscore) or sum the weighted per-reward
+    z-scores (DanceGRPO / MixGRPO, zscore_sum)."""
+    batch_size: int = 32
+
+    def name_list(self) -> list[str]:
+        return [n.strip() for n in str(self.names or "").split(",") if n.strip()]
+
+    def weight_list(self) -> list[float]:
+        names = self.name_list()
+        if not str(self.weights or "").strip():
+            return [1.0] * len(names)
+        try:
+            weights = [float(w) for w in str(self.weights).split(",")]
+        except ValueError:
+            raise ValueError(f"reward.weights={self.weights!r} must be comma-separated numbers") from None
+        if len(weights) != len(names):
+            raise ValueError(f"reward.weights has {len(weights)} entries for {len(names)} reward.names")
+        return weights
+
+    def path_map(self) -> dict[str, str]:
+        out = {}
+        for item in str(self.paths or "").split(","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise ValueError(f"reward.paths entry {item!r} must look like name=directory")
+            name, path = item.split("=", 1)
+            if name.strip() not in self.name_list():
+                raise ValueError(f"reward.paths names {name.strip()!r}, which is not in reward.names={self.names!r}")
+            out[name.strip()] = path.strip()
+        return out
+
+    def __post_init__(self):
+        if not self.name_list():
+            raise ValueError("reward.names is empty: name at least one reward")
+        if self.aggregate not in ("sum_zscore", "zscore_sum"):
+            raise ValueError(f"reward.aggregate must be sum_zscore or zscore_sum, got {self.aggregate!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"reward.batch_size must be >= 1, got {self.batch_size}")
+        self.weight_list()
+        self.path_map()
 
 
 @dataclass(kw_only=True)
@@ -131,6 +227,9 @@ class AdaGRPOConfig:
     """Online curriculum filtering: train the candidates whose ODE anchor reward is nearest the capability EMA."""
     candidates: int = 16
     """B: candidate prompts per iteration (one deterministic anchor rollout each)."""
+    anchor_steps: int = 0
+    """Steps of the anchor rollouts: 0 = sampling.steps (Euler, as the paper); n > 0 = n DPM-Solver++ 2M steps,
+    a cheaper anchor."""
     keep: int = 8
     """k: prompts trained per iteration (without the curriculum, k random prompts)."""
     decay: float = 0.8
@@ -145,6 +244,8 @@ class AdaGRPOConfig:
         if self.selection not in ("curriculum", "random", "easiest", "hardest", "median"):
             raise ValueError(f"adagrpo.selection must be curriculum, random, easiest, hardest or median, "
                              f"got {self.selection!r}")
+        if self.anchor_steps < 0:
+            raise ValueError(f"adagrpo.anchor_steps must be >= 0 (0 = sampling.steps), got {self.anchor_steps}")
         if not 1 <= self.keep <= self.candidates:
             raise ValueError(f"adagrpo.keep must be in [1, adagrpo.candidates={self.candidates}], got {self.keep}")
 
@@ -175,6 +276,8 @@ class OptimConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     branch: BranchConfig = field(default_factory=BranchConfig)
@@ -189,8 +292,18 @@ class TrainConfig:
     checkpoint_every: int = 10
     out_dir: str = "runs/default"
     device: str = "cpu"
+    distributed: str = "ddp"
+    """Under torchrun: ddp (replicated weights) or fsdp (FSDP2 fully_shard per transformer block)."""
 
     def __post_init__(self):
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
+        if (self.model.kind == "world") != (self.reward.name_list() == ["world"]):
+            raise ValueError(f"reward.names={self.reward.names!r} with model.kind={self.model.kind!r}: the shapes "
+                             "world is scored by its own reward ('world'), and only it")
+        if self.model.kind != "world" and self.data.train_prompts is None:
+            raise ValueError(f"data.train_prompts is required for model.kind={self.model.kind!r}: a text file with "
+                             "one prompt per line")
         if self.window.size > self.sampling.steps - 1:
             raise ValueError(f"window.size={self.window.size} must be < sampling.steps={self.sampling.steps}")
         points, _ = self.branch.lists()

@@ -18,36 +18,27 @@ whole; the capability EMA is all-reduced (one global EMA); gradients are average
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .._dist import rank_and_world
 from ..algorithms import CapabilityTracker, kl_penalty, ppo_clip_loss
+from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
+from ..models.lora import has_lora
 from ..ops import flow_step, group_advantages
-from ..world import World, shapes
-from . import checkpoint, report
+from . import checkpoint, distributed, report
 from .config import TrainConfig, dump_config, to_dict
 from .branching import branch
-from .rollout import guided_velocity, sample
+from .rollout import guided_velocity, sample, sample_dpm
 from .schedule import flash_sigmas, sigmas, window
+from .task import Prompts, PromptTask, build_task
 
 EVAL_SEED = 12345
-
-
-@dataclass
-class Prompts:
-    combos: torch.Tensor
-    texts: list[str]
-
-
-def _prompts(combos) -> Prompts:
-    combos = torch.tensor(combos)
-    return Prompts(combos, [shapes.prompt(tuple(c)) for c in combos.tolist()])
 
 
 def _noise(n: int, shape, seed: int) -> torch.Tensor:
@@ -55,33 +46,50 @@ def _noise(n: int, shape, seed: int) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: str | None = None):
+    """``Trainer(config)`` builds the backbone (``model.kind``) and the task (prompts + reward) from the config;
+    ``backbone=`` / ``task=`` inject ready ones instead (the benchmark's random-weight SD3.5-M)."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None, *, backbone: Backbone | None = None,
+                 task=None):
         self.cfg = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.world = World.load(config.model.path, self.device)
-        self.model = self.world.transformer
+        self.backbone = backbone if backbone is not None else load_backbone(config.model, self.device)
+        self.model = self.backbone.transformer
+        self.task = task if task is not None else build_task(config, self.device)
         if config.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0)
-        self.reference = (copy.deepcopy(self.model).eval().requires_grad_(False) if config.optim.kl_beta > 0
-                          else None)
+        self.lora = has_lora(self.model)
+        # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0); under LoRA the
+        # same transformer with its adapter disabled — no copy
+        self.reference = None
+        if config.optim.kl_beta > 0 and not self.lora:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.rank, self.world_size = rank_and_world()
-        self.trained = self.model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-            self.trained = DistributedDataParallel(self.model)  # also broadcasts rank 0's weights
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
-                                           weight_decay=config.optim.weight_decay)
+        self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
+        params = [p for p in self.trained.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("nothing to train: the transformer has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+                                           **({"fused": True} if self.device.type == "cuda" else {}))
         self.tracker = CapabilityTracker(config.adagrpo.decay, device=self.device)
         self.iteration = 0
         self.history: list[dict] = []
         self.nonfinite_in_a_row = 0
         self.out = Path(config.out_dir)
-        self.train_prompts = _prompts(shapes.TRAIN)
-        self.heldout_prompts = _prompts(shapes.HELD_OUT)
-        self.empty = self.world.encode_prompts([""]) if config.sampling.guidance > 1 else None
+        self.train_prompts = self.task.train
+        if len(self.train_prompts) < config.adagrpo.candidates:
+            raise ValueError(f"adagrpo.candidates={config.adagrpo.candidates} exceeds the {len(self.train_prompts)} "
+                             "training prompts")
+        self.empty = self.backbone.encode_prompts([""]) if config.sampling.guidance > 1 else None
         self.sigmas = sigmas(config.sampling.steps, config.sampling.shift)
+        self.multi_columns = (isinstance(self.task, PromptTask) and len(self.task.names) > 1
+                              and config.reward.aggregate == "zscore_sum")
+        if self.multi_columns and (config.branch.enabled or config.stepwise.enabled):
+            raise ValueError("reward.aggregate=zscore_sum with several rewards cannot be combined with "
+                             "branch.enabled or stepwise.enabled (their reward columns are granularities / steps)")
+        self.sync_stages = False
+        """Synchronise the device at stage boundaries so the stage timers are exact (benchmarks)."""
         self._stop = False
         self._writer = None
         if resume is not None:
@@ -89,7 +97,8 @@ class Trainer:
 
     # ---- state ---------------------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"iteration": self.iteration, "config": to_dict(self.cfg), "optimizer": self.optimizer.state_dict(),
+        return {"iteration": self.iteration, "config": to_dict(self.cfg),
+                "optimizer": distributed.optimizer_state(self.trained, self.optimizer),
                 "tracker": self.tracker.state_dict(), "history": self.history}
 
     def _resume(self, run_dir: str) -> None:
@@ -99,46 +108,65 @@ class Trainer:
             if saved.get(key) != current.get(key):
                 raise ValueError(f"--resume {run_dir}: its config differs in {key!r} ({saved.get(key)} vs "
                                  f"{current.get(key)}); resume with the run's own config")
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        expected = set(self._weights())
+        if set(model_state) != expected:
+            missing, extra = sorted(expected - set(model_state))[:3], sorted(set(model_state) - expected)[:3]
+            raise ValueError(f"--resume {run_dir}: its weights do not fit this model (missing {missing}, unexpected "
+                             f"{extra}); resume with the run's own config")
+        distributed.load_weights(self.trained, self.model, model_state, self.lora)
+        distributed.load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
         self.iteration = state["iteration"]
         self.history = state["history"]
 
+    def _weights(self) -> dict:
+        """What a checkpoint holds: the LoRA adapter under LoRA, the whole transformer otherwise (gathered from
+        every rank under FSDP)."""
+        return distributed.full_weights(self.trained, self.model, self.lora)
+
     def save(self) -> Path | None:
-        path = checkpoint.save(self.out, self.iteration, self.model, self._state()) if self.rank == 0 else None
+        weights, state = self._weights(), self._state()  # collectives under FSDP: every rank takes part
+        path = checkpoint.save(self.out, self.iteration, weights, state) if self.rank == 0 else None
         if self.world_size > 1:
             torch.distributed.barrier()
         return path
 
     # ---- pieces --------------------------------------------------------------------------------------------
     def _text(self, texts: list[str]):
-        return self.world.encode_prompts(texts)
+        return self.backbone.encode_prompts(texts)
 
     def _empty(self, n: int):
         if self.empty is None:
             return None
-        from ..world import TextEmbeddings
         return TextEmbeddings(self.empty.hidden.expand(n, -1, -1), self.empty.pooled.expand(n, -1))
 
-    def _reward(self, latents: torch.Tensor, combos: torch.Tensor) -> torch.Tensor:
-        return shapes.reward(self.world.codec.decode(latents), combos)
+    def _reward(self, latents: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+        """(B,) rewards of the decoded latents, or (B, K) per-reward columns (``reward.aggregate=zscore_sum``)."""
+        images = self.backbone.decode(latents)
+        if self.multi_columns:
+            return self.task.reward_matrix(images, prompts)
+        return self.task.reward(images, prompts)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Fixed-seed ODE samples of every training and held-out prompt: mean reward and exact correctness."""
+        """Fixed-seed ODE samples of the evaluation prompts (world: every training and held-out prompt): mean
+        reward (and exact correctness on the world)."""
         cfg = self.cfg.sampling
         out = {}
         self.model.eval()
-        for name, prompts in (("train", self.train_prompts), ("heldout", self.heldout_prompts)):
-            n = len(prompts.texts)
-            noise = _noise(n, self.world.codec.latent_shape, EVAL_SEED).to(self.device)
-            with self._autocast():
-                traj = sample(self.model, noise, self.sigmas, self._text(prompts.texts), self._empty(n),
-                              guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
-            images = self.world.codec.decode(traj.latents)
-            out[f"eval_{name}_reward"] = shapes.reward(images, prompts.combos).mean().item()
-            out[f"eval_{name}_correct"] = shapes.correct(images, prompts.combos).float().mean().item()
+        denoise = self.backbone.denoiser(self.model)
+        for name, prompts in self.task.evaluation.items():
+            images = []
+            for start in range(0, len(prompts), 32):
+                part = prompts.take(range(start, min(start + 32, len(prompts))))
+                n = len(part)
+                noise = _noise(len(prompts), self.backbone.latent_shape, EVAL_SEED)[start:start + n].to(self.device)
+                with self._autocast():
+                    traj = sample(denoise, noise, self.sigmas, self._text(part.texts), self._empty(n),
+                                  guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
+                images.append(self.backbone.decode(traj.latents))
+            images = torch.cat(images)
+            out.update({f"eval_{name}_{k}": v for k, v in self.task.metrics(images, prompts).items()})
             if name == "train":
                 self._last_eval_images = images[:32]
         self.model.train()
@@ -148,42 +176,49 @@ class Trainer:
         """Candidates, their ODE anchors, the EMA update and the kept prompts."""
         ada, cfg = self.cfg.adagrpo, self.cfg.sampling
         g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(self.train_prompts.texts), generator=g)[:ada.candidates]
-        cand = Prompts(self.train_prompts.combos[pick], [self.train_prompts.texts[i] for i in pick.tolist()])
+        cand = self.train_prompts.take(torch.randperm(len(self.train_prompts), generator=g)[:ada.candidates])
         stats = {}
         if not (ada.curriculum or ada.fusion):
             keep = torch.arange(ada.keep)
         else:
-            n = len(cand.texts)
-            noise = _noise(n, self.world.codec.latent_shape, seed + 1).to(self.device)
+            n = len(cand)
+            noise = _noise(n, self.backbone.latent_shape, seed + 1).to(self.device)
+            denoise = self.backbone.denoiser(self.model)
             with self._autocast():
-                traj = sample(self.model, noise, self.sigmas, self._text(cand.texts), self._empty(n),
-                              guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
-            anchor = self._reward(traj.latents, cand.combos)
+                if ada.anchor_steps:  # a cheaper anchor: DPM-Solver++ 2M on a coarser grid
+                    latents = sample_dpm(denoise, noise, sigmas(ada.anchor_steps, cfg.shift), self._text(cand.texts),
+                                         self._empty(n), guidance=cfg.guidance)
+                else:
+                    latents = sample(denoise, noise, self.sigmas, self._text(cand.texts), self._empty(n),
+                                     guidance=cfg.guidance, eta=cfg.eta, family=cfg.family).latents
+            anchor = self._reward(latents, cand)
+            if anchor.dim() == 2:  # per-reward columns: the capability is of the weighted reward
+                anchor = anchor @ self.task.weights.to(anchor.device)
             self.tracker.update(anchor)
             keep = self._pick(anchor, ada) if ada.curriculum else torch.arange(ada.keep)
             stats = {"anchor_reward": anchor.mean().item(), "ema_mean": self.tracker.mean.item()}
-        return Prompts(cand.combos[keep], [cand.texts[i] for i in keep.tolist()]), stats
+        return cand.take(keep), stats
 
     def step(self) -> dict:
         """One iteration; returns its metrics."""
         cfg, ada, opt_cfg = self.cfg, self.cfg.adagrpo, self.cfg.optim
         seed = cfg.seed * 1_000_003 + self.iteration * 7919 + self.rank * 104_729
-        t0 = time.perf_counter()
+        t0 = self._clock()
         kept, stats = self._select(seed)
-        t_select = time.perf_counter()
+        t_select = self._clock()
         start, end = window(cfg.window, cfg.sampling.steps, self.iteration, cfg.iterations, cfg.seed)
         grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio)
                 if cfg.window.flash else self.sigmas)
         G = cfg.group_size
         groups, rewards, finals = [], [], []  # groups: (prompt text, trajectory of G samples)
         self.model.eval()
+        denoise = self.backbone.denoiser(self.model)
         for p, text in enumerate(kept.texts):
-            target = kept.combos[p].expand(G, 3)
+            target = kept.take([p]).repeat(G)
             if cfg.branch.enabled:
                 points, strides = cfg.branch.lists()
                 with self._autocast():
-                    branches = branch(self.model, self._group_noise(1, seed + 100 + p), self.sigmas, points, strides,
+                    branches = branch(denoise, self._group_noise(1, seed + 100 + p), self.sigmas, points, strides,
                                       G, self._text([text]), self._empty(1), guidance=cfg.sampling.guidance,
                                       eta=cfg.sampling.eta, family=cfg.sampling.family,
                                       logprob=cfg.sampling.logprob, seed=seed + 200 + p,
@@ -193,7 +228,7 @@ class Trainer:
                     rewards.append(r)
                 continue
             with self._autocast():
-                traj = sample(self.model, self._group_noise(G, seed + 100 + p), grid, self._text([text] * G),
+                traj = sample(denoise, self._group_noise(G, seed + 100 + p), grid, self._text([text] * G),
                               self._empty(G), guidance=cfg.sampling.guidance, eta=cfg.sampling.eta,
                               family=cfg.sampling.family, logprob=cfg.sampling.logprob, window=(start, end),
                               seed=seed + 200 + p, flash=cfg.window.flash)
@@ -206,17 +241,25 @@ class Trainer:
             else:
                 rewards.append(self._reward(traj.latents, target))
         self.model.train()
-        t_rollout = time.perf_counter()
+        t_rollout = self._clock()
         rewards = torch.cat(rewards)  # (N,), or (N, |Λ|) for G²RPO's granularities
         if self._any_rank(~torch.isfinite(rewards).all()):
             return self._nonfinite("rewards")
         ids = torch.arange(len(groups), device=rewards.device).repeat_interleave(G)
         adv = group_advantages(rewards, ids, std=opt_cfg.adv_std, eps=opt_cfg.adv_eps, clip=opt_cfg.adv_clip,
                                ema=self.tracker if ada.fusion else None, fusion_weight=ada.fusion_weight,
-                               pooled=cfg.stepwise.enabled, check_finite=False)
-        # the reported reward: of the final images (Stepwise), or the mean over granularities (G²RPO)
-        rewards = torch.cat(finals) if finals else (rewards.mean(1) if rewards.dim() == 2 else rewards)
-        t_adv = time.perf_counter()
+                               pooled=cfg.stepwise.enabled, check_finite=False,
+                               **({"weights": self.task.weights, "aggregate": "zscore_sum"} if self.multi_columns
+                                  else {}))
+        # the reported reward: of the final images (Stepwise), the weighted sum (several rewards), or the mean over
+        # granularities (G²RPO)
+        if finals:
+            rewards = torch.cat(finals)
+        elif self.multi_columns:
+            rewards = rewards @ self.task.weights.to(rewards.device)
+        elif rewards.dim() == 2:
+            rewards = rewards.mean(1)
+        t_adv = self._clock()
 
         self.optimizer.zero_grad(set_to_none=True)
         trained = self._trained_steps(len(groups[0][1].x), seed)
@@ -227,9 +270,9 @@ class Trainer:
             for j in trained:
                 step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
                 mu_ref = None
-                if self.reference is not None:
-                    with torch.no_grad(), self._autocast():
-                        v_ref = self._velocity(self.reference, traj, j, prompt_text)
+                if opt_cfg.kl_beta > 0:
+                    with torch.no_grad(), self._autocast(), self._reference() as reference:
+                        v_ref = self._velocity(reference, traj, j, prompt_text)
                         mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
                                            x_next=traj.x_next[j], return_mean=True).mean
                 with self._autocast():
@@ -252,12 +295,13 @@ class Trainer:
         if self._any_rank(~torch.isfinite(loss)):
             self.optimizer.zero_grad(set_to_none=True)
             return self._nonfinite("loss")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt_cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.trained.parameters() if p.requires_grad],
+                                                   opt_cfg.grad_clip)
         self.optimizer.step()
         self.nonfinite_in_a_row = 0
-        t_update = time.perf_counter()
+        t_update = self._clock()
         ratio = torch.cat(ratios)
-        return {"reward": rewards.mean().item(), "loss": loss.item(), "grad_norm": grad_norm.item(),
+        return {"reward": rewards.mean().item(), "loss": loss.item(), "grad_norm": float(grad_norm),
                 "first_ratio_max_dev": (ratio - 1).abs().max().item(), "clipfrac": torch.stack(clipfrac).mean().item(),
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
@@ -271,11 +315,12 @@ class Trainer:
         cfg = self.cfg
         G = traj.latents.shape[0]
         embeddings = self._text([text] * G)
+        denoise = self.backbone.denoiser(self.model)
 
         def refined(x, sigma):
             grid = torch.linspace(sigma, 0.0, cfg.stepwise.substeps + 1).tolist()
             for s, sn in zip(grid[:-1], grid[1:]):
-                x = x + (sn - s) * guided_velocity(self.model, x, s, embeddings, self._empty(G), cfg.sampling.guidance)
+                x = x + (sn - s) * guided_velocity(denoise, x, s, embeddings, self._empty(G), cfg.sampling.guidance)
             return x
 
         before = [self._reward(refined(x, s), target) for x, s in zip(traj.x, traj.sigma)]
@@ -287,8 +332,8 @@ class Trainer:
         whole group, or one call expanded to the group when its samples share the input (G²RPO's branches)."""
         x = traj.x[j]
         n = 1 if traj.shared_input else x.shape[0]
-        v = guided_velocity(model, x[:n], traj.sigma[j], self._text([prompt_text] * n), self._empty(n),
-                            self.cfg.sampling.guidance)
+        v = guided_velocity(self.backbone.denoiser(model), x[:n], traj.sigma[j], self._text([prompt_text] * n),
+                            self._empty(n), self.cfg.sampling.guidance)
         return v.expand_as(x)
 
     def _pick(self, anchor: torch.Tensor, ada) -> torch.Tensor:
@@ -307,7 +352,7 @@ class Trainer:
 
     def _group_noise(self, group: int, seed: int) -> torch.Tensor:
         """A group's initial noise: independent per sample, or one draw shared by the group (DanceGRPO)."""
-        noise = _noise(1 if self.cfg.sampling.shared_noise else group, self.world.codec.latent_shape, seed)
+        noise = _noise(1 if self.cfg.sampling.shared_noise else group, self.backbone.latent_shape, seed)
         return noise.expand(group, *noise.shape[1:]).contiguous().to(self.device)
 
     def _trained_steps(self, stored: int, seed: int) -> list[int]:
@@ -323,11 +368,22 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.model.autocast)
 
     def _sync_grads(self, last: bool):
-        """DDP averages gradients on the last backward of the iteration only."""
-        import contextlib
-        if self.world_size > 1 and not last:
-            return self.trained.no_sync()
-        return contextlib.nullcontext()
+        """DDP / FSDP reduce gradients on the last backward of the iteration only."""
+        return distributed.no_sync(self.trained, self.world_size, skip=not last)
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The KL reference: the frozen initial copy, or the LoRA model with its adapter off."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with adapters_disabled(self.model):
+                yield self.model
+
+    def _clock(self) -> float:
+        if self.sync_stages and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _any_rank(self, flag: torch.Tensor) -> bool:
         """True if ``flag`` holds on any rank (so every rank skips the same iterations together)."""

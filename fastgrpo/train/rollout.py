@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..ops import dpm_solver_2m_step, flow_step
-from ..world import TextEmbeddings, velocity
+from ..world import TextEmbeddings
 
 
 @dataclass
@@ -27,20 +27,22 @@ class Trajectory:
     """All G samples share each stored input x (G²RPO's branches): one model call serves the group."""
 
 
-def guided_velocity(transformer, x: Tensor, sigma: float, text: TextEmbeddings, empty: TextEmbeddings | None,
+def guided_velocity(model, x: Tensor, sigma: float, text: TextEmbeddings, empty: TextEmbeddings | None,
                     guidance: float) -> Tensor:
-    """v, with classifier-free guidance v_u + g·(v_c − v_u) when ``guidance`` > 1 (one batched forward)."""
+    """v, with classifier-free guidance v_u + g·(v_c − v_u) when ``guidance`` > 1 (one batched forward).
+
+    ``model(x, sigma (B,), text) -> v``: a backbone's velocity bound to a transformer (``Backbone.denoiser``)."""
     s = torch.full((x.shape[0],), sigma, device=x.device)
     if guidance <= 1.0 or empty is None:
-        return velocity(transformer, x, s, text)
+        return model(x, s, text)
     both = TextEmbeddings(torch.cat([text.hidden, empty.hidden]), torch.cat([text.pooled, empty.pooled]))
-    v = velocity(transformer, torch.cat([x, x]), torch.cat([s, s]), both)
+    v = model(torch.cat([x, x]), torch.cat([s, s]), both)
     v_c, v_u = v.chunk(2)
     return v_u + guidance * (v_c - v_u)
 
 
 @torch.no_grad()
-def sample(transformer, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: TextEmbeddings | None, *,
+def sample(model, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: TextEmbeddings | None, *,
            guidance: float, eta: float, family: str, logprob: str = "full", window: tuple[int, int] = (0, 0),
            seed: int = 0, flash: bool = False) -> Trajectory:
     """Integrate from ``noise`` along ``sigmas`` (T'+1 values). Steps in [window) are SDE and stored."""
@@ -51,7 +53,7 @@ def sample(transformer, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, emp
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
         s, sn = sig[i], sig[i + 1]
-        v = guided_velocity(transformer, x, s, text, empty, guidance)
+        v = guided_velocity(model, x, s, text, empty, guidance)
         if start <= i < end:
             out = flow_step(v, x, s, sn, eta, family=family, logprob=logprob, seed=seed * 1009 + i)
             traj.x.append(x)
@@ -68,3 +70,17 @@ def sample(transformer, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, emp
             x = x + (sn - s) * v
     traj.latents = x
     return traj
+
+
+@torch.no_grad()
+def sample_dpm(model, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: TextEmbeddings | None, *,
+               guidance: float) -> Tensor:
+    """Deterministic DPM-Solver++ 2M from ``noise`` along ``sigmas`` (a cheap ODE sample: AdaGRPO's anchors with
+    ``adagrpo.anchor_steps``)."""
+    x, x0_prev, sigma_prev = noise, None, None
+    sig = sigmas.tolist()
+    for s, sn in zip(sig[:-1], sig[1:]):
+        v = guided_velocity(model, x, s, text, empty, guidance)
+        x, x0_prev = dpm_solver_2m_step(v, x, s, sn, x0_prev, sigma_prev)
+        sigma_prev = s
+    return x

@@ -1,0 +1,36 @@
+"""Backbones: the flow model the trainer drives — its transformer, frozen text encoders (cached), latent codec and
+velocity call — behind one interface, so the loop is the same for the embedded world, SD3/SD3.5 and FLUX.
+
+``load_backbone(config.model, device)`` picks by ``model.kind``: ``world`` (the embedded shapes world), ``sd3``
+(a local diffusers StableDiffusion3Pipeline directory) or ``flux`` (a local FluxPipeline directory).
+"""
+from __future__ import annotations
+
+from .base import Backbone, TextEmbeddings
+from .lora import add_lora, adapters_disabled, trainable_state_dict
+
+KINDS = ("world", "sd3", "flux")
+
+
+def load_backbone(model_cfg, device) -> Backbone:
+    """The backbone ``model_cfg`` (a ``ModelConfig``) names, on ``device``, with LoRA adapters added when
+    ``model.lora_rank`` > 0."""
+    if model_cfg.kind == "world":
+        from .world import WorldBackbone
+        backbone = WorldBackbone.load(model_cfg.path, device)
+    elif model_cfg.kind == "sd3":
+        from .sd3 import Sd3Backbone
+        backbone = Sd3Backbone.from_pretrained(model_cfg, device)
+    elif model_cfg.kind == "flux":
+        from .flux import FluxBackbone
+        backbone = FluxBackbone.from_pretrained(model_cfg, device)
+    else:
+        raise ValueError(f"model.kind must be one of {KINDS}, got {model_cfg.kind!r}")
+    if model_cfg.lora_rank > 0:
+        add_lora(backbone.transformer, model_cfg.lora_rank, model_cfg.lora_alpha or model_cfg.lora_rank,
+                 model_cfg.target_modules())
+    return backbone
+
+
+__all__ = ["Backbone", "KINDS", "TextEmbeddings", "adapters_disabled", "add_lora", "load_backbone",
+           "trainable_state_dict"]

@@ -1,0 +1,101 @@
+"""The backbone interface the trainer uses, and the bounded text-embedding cache the real pipelines share."""
+from __future__ import annotations
+
+import functools
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..world.model import TextEmbeddings
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class Backbone:
+    """What the loop needs of a flow model. Subclasses set ``transformer`` (the trained module),
+    ``latent_shape`` (one sample's latent, without the batch) and implement ``encode_prompts``, ``velocity`` and
+    ``decode``."""
+
+    transformer: nn.Module
+    latent_shape: tuple[int, ...]
+
+    def encode_prompts(self, texts: list[str]) -> TextEmbeddings:
+        """Per-prompt conditioning (frozen encoders, cached)."""
+        raise NotImplementedError
+
+    def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
+        """v = f(x_σ, σ, text) for a batch: ``sigma`` is (B,) in [0, 1]."""
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images (B, 3, H, W) float in [0, 1]."""
+        raise NotImplementedError
+
+    def denoiser(self, transformer: nn.Module):
+        """``f(x, σ, text) -> v`` with ``transformer`` (the trained one, a DDP/FSDP wrapper, or the reference)."""
+        return functools.partial(self.velocity, transformer)
+
+
+class EmbeddingCache:
+    """Each distinct prompt is encoded once and kept (least recently used first out, at most ``size`` prompts:
+    a T5 sequence of an SD3 prompt is ~2.7 MB in bf16, so the cache is bounded)."""
+
+    def __init__(self, encode: Callable[[list[str]], tuple[Tensor, Tensor]], size: int = 512):
+        self.encode = encode
+        self.size = size
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> TextEmbeddings:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh = {}
+        if missing:
+            hidden, pooled = self.encode(missing)
+            fresh = {t: (hidden[i], pooled[i]) for i, t in enumerate(missing)}
+        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
+        for t, row in fresh.items():
+            self._cache[t] = row
+        for t in texts:
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return TextEmbeddings(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]))
+
+
+def require_pipeline_dir(path, kind: str, components: tuple[str, ...]) -> Path:
+    """The local diffusers pipeline directory at ``model.path``, or an error naming the key and what it must hold."""
+    need = f"a diffusers {kind} pipeline saved with save_pretrained: model_index.json and " + \
+        ", ".join(f"{c}/" for c in components)
+    if path is None:
+        raise ValueError(f"model.path is required for model.kind={kind!r}: {need} (weights are never downloaded)")
+    root = Path(os.path.expanduser(str(path)))
+    if not root.is_dir():
+        raise FileNotFoundError(f"model.path={str(path)!r} is not a directory; it must be {need}")
+    missing = [c for c in ("model_index.json", *components) if not (root / c).exists()]
+    if missing:
+        raise FileNotFoundError(f"model.path={str(path)!r} lacks {missing}; it must be {need}")
+    return root
+
+
+def freeze(module: nn.Module | None, device, dtype) -> nn.Module | None:
+    if module is None:
+        return None
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def decode_vae(vae, latents: Tensor, chunk: int = 8) -> Tensor:
+    """Latents in the transformer's space → images in [0, 1] through a diffusers VAE, ``chunk`` at a time (the
+    decoder's activations at 1024² dominate memory otherwise)."""
+    scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    dtype = next(vae.parameters()).dtype
+    out = []
+    with torch.no_grad():
+        for part in latents.split(chunk):
+            image = vae.decode((part / scale + shift).to(dtype), return_dict=False)[0]
+            out.append((image.float() * 0.5 + 0.5).clamp(0, 1))
+    return torch.cat(out)

@@ -1,0 +1,108 @@
+"""Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
+
+* ``save_tiny_pipeline("sd3" | "flux", directory)``: a few-layer StableDiffusion3Pipeline / FluxPipeline (random
+  weights, word-level tokenizers) written with ``save_pretrained``, loadable by ``model.path`` exactly as a
+  downloaded SD3.5 or FLUX.1 directory is;
+* ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
+  and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("a photo of cat dog red blue green square circle on the in with and an image painting at".split())
+
+
+def word_tokenizer(max_length: int):
+    """A word-level tokenizer made in memory (pad, unknown, end tokens + ``WORDS``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "</s>", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>",
+                                   model_max_length=max_length)
+
+
+def _clip_text(hidden: int, projection: int, max_length: int = 16, with_projection: bool = True):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(CLIPTextConfig(
+        vocab_size=len(WORDS) + 3, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=max_length, projection_dim=projection, eos_token_id=2,
+        pad_token_id=0, bos_token_id=2))
+
+
+def _t5(d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(WORDS) + 3, d_model=d_model, d_ff=2 * d_model, d_kv=8,
+                                   num_layers=2, num_heads=2, pad_token_id=0, eos_token_id=2))
+
+
+def _vae(latent_channels: int, shift: float | None):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=4, sample_size=32,
+                         scaling_factor=1.5, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
+    """Write a tiny ``kind`` ("sd3" or "flux") pipeline to ``directory`` (random weights; VAE factor 2)."""
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    if kind == "sd3":
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+        transformer = SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+            joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=24, out_channels=4,
+            pos_embed_max_size=32)
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(4, 0.1),
+            text_encoder=_clip_text(8, 8), tokenizer=word_tokenizer(16),
+            text_encoder_2=_clip_text(16, 16), tokenizer_2=word_tokenizer(16),
+            text_encoder_3=_t5(32), tokenizer_3=word_tokenizer(16))
+    elif kind == "flux":
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+            axes_dims_rope=(4, 4, 8))
+        pipe = FluxPipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4, 0.1),
+            text_encoder=_clip_text(16, 16, with_projection=False), tokenizer=word_tokenizer(16),
+            text_encoder_2=_t5(32), tokenizer_2=word_tokenizer(16))
+    else:
+        raise ValueError(f"kind must be 'sd3' or 'flux', got {kind!r}")
+    pipe.save_pretrained(str(directory))
+    return directory
+
+
+def sd35_medium_transformer(**overrides):
+    """SD3.5-Medium's transformer architecture (MMDiT-X, 24 layers, 2.5B parameters), random weights."""
+    from diffusers import SD3Transformer2DModel
+
+    config = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384, qk_norm="rms_norm",
+                  dual_attention_layers=tuple(range(13)))
+    config.update(overrides)
+    return SD3Transformer2DModel(**config)
+
+
+def sd3_vae():
+    """The SD3 / SD3.5 VAE architecture (16 latent channels, factor 8), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                         layers_per_block=2, latent_channels=16, sample_size=1024, scaling_factor=1.5305,
+                         shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)

@@ -1,0 +1,109 @@
+"""What the policy is trained for: the prompts (training / evaluation) and the reward of decoded images.
+
+* ``WorldTask``: the shapes world's prompts (training and held-out combinations), its programmatic reward, and
+  the exact-correctness metric at evaluation;
+* ``PromptTask``: prompts from text files and registered reward models (``fastgrpo.rewards``), one or several
+  with weights — the real-model path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Prompts:
+    texts: list[str]
+    meta: Optional[Tensor] = None
+    """Per-prompt task data (the world: (n, 3) colour/shape/position ids)."""
+
+    def take(self, index) -> "Prompts":
+        index = [int(i) for i in (index.tolist() if isinstance(index, Tensor) else index)]
+        return Prompts([self.texts[i] for i in index], None if self.meta is None else self.meta[index])
+
+    def repeat(self, times: int) -> "Prompts":
+        """Each prompt ``times`` times in a row (a group's targets)."""
+        return Prompts([t for t in self.texts for _ in range(times)],
+                       None if self.meta is None else self.meta.repeat_interleave(times, 0))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class WorldTask:
+    has_correctness = True
+
+    def __init__(self):
+        from ..world import shapes
+
+        self.shapes = shapes
+        self.train = self._prompts(shapes.TRAIN)
+        self.heldout = self._prompts(shapes.HELD_OUT)
+        self.evaluation = {"train": self.train, "heldout": self.heldout}
+
+    def _prompts(self, combos) -> Prompts:
+        combos = torch.tensor(combos)
+        return Prompts([self.shapes.prompt(tuple(c)) for c in combos.tolist()], combos)
+
+    def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
+        return self.shapes.reward(images, prompts.meta.to(images.device))
+
+    def metrics(self, images: Tensor, prompts: Prompts) -> dict:
+        combos = prompts.meta.to(images.device)
+        return {"reward": self.shapes.reward(images, combos).mean().item(),
+                "correct": self.shapes.correct(images, combos).float().mean().item()}
+
+
+def read_prompts(path: str, key: str) -> list[str]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{key}={path!r} is not a file; it must be a text file with one prompt per line")
+    texts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{key}={path!r} holds no prompts (one per line)")
+    return texts
+
+
+class PromptTask:
+    has_correctness = False
+
+    def __init__(self, train: list[str], evaluation: list[str], scorer, weights: list[float], names: list[str]):
+        self.train = Prompts(train)
+        self.evaluation = {"train": Prompts(evaluation)}
+        self.scorer = scorer
+        self.names = names
+        self.weights = torch.tensor(weights, dtype=torch.float32)
+
+    @classmethod
+    def from_config(cls, cfg, device) -> "PromptTask":
+        from ..rewards import MultiReward
+
+        train = read_prompts(cfg.data.train_prompts, "data.train_prompts")
+        evaluation = (read_prompts(cfg.data.eval_prompts, "data.eval_prompts") if cfg.data.eval_prompts
+                      else train[:cfg.data.eval_count])
+        names, weights, paths = cfg.reward.name_list(), cfg.reward.weight_list(), cfg.reward.path_map()
+        configs = {n: {"path": paths[n]} for n in names if n in paths}
+        scorer = MultiReward(dict(zip(names, weights)), shared={"batch_size": cfg.reward.batch_size}, **configs)
+        return cls(train, evaluation, scorer.to(device).eval(), weights, names)
+
+    def reward_matrix(self, images: Tensor, prompts: Prompts) -> Tensor:
+        """(B, K) per-reward scores."""
+        return self.scorer(images, prompts.texts).matrix
+
+    def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
+        return self.reward_matrix(images, prompts) @ self.weights.to(images.device)
+
+    def metrics(self, images: Tensor, prompts: Prompts) -> dict:
+        matrix = self.reward_matrix(images, prompts)
+        out = {"reward": (matrix @ self.weights.to(matrix.device)).mean().item()}
+        if len(self.names) > 1:
+            out.update({f"reward_{n}": matrix[:, k].mean().item() for k, n in enumerate(self.names)})
+        return out
+
+
+def build_task(cfg, device):
+    return WorldTask() if cfg.model.kind == "world" else PromptTask.from_config(cfg, device)
