@@ -42,7 +42,9 @@ class Backbone:
 
 class EmbeddingCache:
     """Each distinct prompt is encoded once and kept (least recently used first out, at most ``size`` prompts:
-    a T5 sequence of an SD3 prompt is ~2.7 MB in bf16, so the cache is bounded)."""
+    a T5 sequence of an SD3 prompt is ~2.7 MB in bf16, so the cache is bounded). Prompts are encoded one at a
+    time: a batched matmul's rounding depends on the batch, so an embedding must not depend on which prompts
+    happened to miss the cache with it (a resumed run would drift from the uninterrupted one)."""
 
     def __init__(self, encode: Callable[[list[str]], tuple[Tensor, Tensor]], size: int = 512):
         self.encode = encode
@@ -53,9 +55,9 @@ class EmbeddingCache:
     def __call__(self, texts: list[str]) -> TextEmbeddings:
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         fresh = {}
-        if missing:
-            hidden, pooled = self.encode(missing)
-            fresh = {t: (hidden[i], pooled[i]) for i, t in enumerate(missing)}
+        for t in missing:
+            hidden, pooled = self.encode([t])
+            fresh[t] = (hidden[0], pooled[0])
         rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
         for t, row in fresh.items():
             self._cache[t] = row

@@ -43,10 +43,13 @@ class FluxBackbone(Backbone):
         root = require_pipeline_dir(cfg.path, "FluxPipeline", ("transformer", "vae", "text_encoder", "text_encoder_2"))
         dtype = DTYPES[cfg.dtype]
         try:
-            pipe = FluxPipeline.from_pretrained(str(root), torch_dtype=dtype, local_files_only=True)
+            pipe = FluxPipeline.from_pretrained(str(root), dtype=dtype, local_files_only=True)
         except Exception as err:
             raise ValueError(f"model.path={cfg.path!r}: cannot load it as a FluxPipeline: "
                              f"{type(err).__name__}: {err}") from err
+        if type(pipe.transformer).__name__ != "FluxTransformer2DModel":
+            raise ValueError(f"model.path={cfg.path!r}: cannot load it as a FluxPipeline: its transformer is "
+                             f"{type(pipe.transformer).__name__}, not FluxTransformer2DModel")
         for name in ("text_encoder", "text_encoder_2", "vae"):
             freeze(getattr(pipe, name), device, dtype)
         transformer = pipe.transformer.to(device, dtype=torch.float32 if cfg.lora_rank == 0 else dtype)

@@ -32,10 +32,13 @@ class Sd3Backbone(Backbone):
         root = require_pipeline_dir(cfg.path, "StableDiffusion3Pipeline", ("transformer", "vae", "text_encoder"))
         dtype = DTYPES[cfg.dtype]
         try:
-            pipe = StableDiffusion3Pipeline.from_pretrained(str(root), torch_dtype=dtype, local_files_only=True)
+            pipe = StableDiffusion3Pipeline.from_pretrained(str(root), dtype=dtype, local_files_only=True)
         except Exception as err:
             raise ValueError(f"model.path={cfg.path!r}: cannot load it as a StableDiffusion3Pipeline: "
                              f"{type(err).__name__}: {err}") from err
+        if type(pipe.transformer).__name__ != "SD3Transformer2DModel":
+            raise ValueError(f"model.path={cfg.path!r}: cannot load it as a StableDiffusion3Pipeline: its transformer is "
+                             f"{type(pipe.transformer).__name__}, not SD3Transformer2DModel")
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
             freeze(getattr(pipe, name, None), device, dtype)
         transformer = pipe.transformer.to(device, dtype=torch.float32 if cfg.lora_rank == 0 else dtype)

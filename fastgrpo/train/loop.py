@@ -450,9 +450,12 @@ class Trainer:
                     self._writer.add_scalar(key, value, record["iteration"])
         if "eval_train_reward" in record:
             evals = [h for h in self.history if "eval_train_reward" in h]
-            report.save_curve(evals, ("eval_train_reward", "eval_train_correct", "eval_heldout_reward",
-                                      "eval_heldout_correct"), self.out / "reward_curve.png")
+            report.save_curve(evals, self._eval_keys(record), self.out / "reward_curve.png")
             report.save_grid(self._last_eval_images, self.out / f"samples_{record['iteration']:05d}.png")
+
+    @staticmethod
+    def _eval_keys(record: dict) -> list[str]:
+        return [k for k in record if k.startswith("eval_")]
 
     def _summary(self) -> None:
         evals = [h for h in self.history if "eval_train_reward" in h]
@@ -460,8 +463,8 @@ class Trainer:
             return
         first, last = evals[0], evals[-1]
         print(f"\n{'metric':<22}{'start':>8}{'end':>8}")
-        for key in ("eval_train_reward", "eval_train_correct", "eval_heldout_reward", "eval_heldout_correct"):
-            print(f"{key:<22}{first[key]:>8.3f}{last[key]:>8.3f}")
+        for key in self._eval_keys(last):
+            print(f"{key:<22}{first.get(key, float('nan')):>8.3f}{last[key]:>8.3f}")
         steps = [h for h in self.history if "t_rollout" in h]
         if steps:
             parts = {k: sum(h[k] for h in steps) / len(steps) for k in ("t_select", "t_rollout", "t_advantage",
