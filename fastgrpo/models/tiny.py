@@ -87,7 +87,7 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
 
 
 def sd35_medium_transformer(**overrides):
-    """SD3.5-Medium's transformer architecture (MMDiT-X, 24 layers, 2.5B parameters), random weights."""
+    """SD3.5-Medium's transformer architecture (MMDiT-X, 24 layers, 2.2B parameters), random weights."""
     from diffusers import SD3Transformer2DModel
 
     config = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
