@@ -162,22 +162,24 @@ def test_cli_trains_two_iterations_and_stops_cleanly_on_sigterm(tmp_path):
     assert 0 < state["iteration"] < 1000 and weights
 
 
-def _ddp_worker(rank, world, init, out_dir, result):
+def _ddp_worker(rank, world, init, out_dir, result, kind="ddp"):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
-        trainer = Trainer(load_config(None, TINY + ("iterations=2", f"out_dir={out_dir}")))
+        trainer = Trainer(load_config(None, TINY + ("iterations=2", f"out_dir={out_dir}", f"distributed={kind}")))
         trainer.run(progress=False)
-        result[rank] = ({k: v.clone() for k, v in trainer.model.state_dict().items()},
+        from fastgrpo.train import distributed
+        result[rank] = (distributed.full_weights(trainer.trained, trainer.model, trainer.lora, all_ranks=True),
                         trainer.tracker.mean.item(), [h.get("reward") for h in trainer.history if "loss" in h])
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path):
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path, kind):
     import torch.multiprocessing as mp
 
     result = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), result), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), result, kind), nprocs=2)
     w0, ema0, rewards0 = result[0]
     w1, ema1, rewards1 = result[1]
     assert all(torch.equal(w0[k], w1[k]) for k in w0)

@@ -20,11 +20,11 @@ def wrap(model: nn.Module, kind: str, world_size: int) -> nn.Module:
     if kind == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        _broadcast(model)  # every rank starts from rank 0's weights, as DDP does
         blocks = [m for name, m in model.named_children() if name.endswith("blocks") and isinstance(m, nn.ModuleList)]
         for block_list in blocks:
             for block in block_list:
                 fully_shard(block)
-        _broadcast(model)  # every rank starts from rank 0's weights, as DDP does
         fully_shard(model)  # the rest: embeddings, norms, projections
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -49,12 +49,14 @@ def no_sync(trained: nn.Module, world_size: int, skip: bool):
     return trained.no_sync()
 
 
-def full_weights(trained: nn.Module, model: nn.Module, lora: bool) -> dict:
-    """The checkpointed weights on CPU: every parameter and buffer, or the trainable (adapter) ones under LoRA."""
+def full_weights(trained: nn.Module, model: nn.Module, lora: bool, all_ranks: bool = False) -> dict:
+    """The checkpointed weights on CPU: every parameter and buffer, or the trainable (adapter) ones under LoRA.
+    Under FSDP a collective: the whole state lands on rank 0 only (every rank with ``all_ranks``)."""
     if _is_fsdp(trained):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True,
+                                                                       cpu_offload=not all_ranks))
     else:
         state = model.state_dict()
     if lora:

@@ -416,13 +416,17 @@ class Trainer:
         try:
             from tqdm import tqdm
             bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress, desc="fastgrpo train")
-            if main and self.iteration == 0 and not any("eval_train_reward" in h for h in self.history):
-                self._log({"iteration": 0, **self.evaluate()})
+            # evaluation runs on rank 0; under FSDP on every rank (the forward gathers shards from all of them)
+            evaluates = main or (self.world_size > 1 and cfg.distributed == "fsdp")
+            if evaluates and self.iteration == 0 and not any("eval_train_reward" in h for h in self.history):
+                first = {"iteration": 0, **self.evaluate()}
+                if main:
+                    self._log(first)
             while self.iteration < cfg.iterations and not self._stop:
                 metrics = self.step()
                 self.iteration += 1
                 record = {"iteration": self.iteration, **metrics}
-                if main and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations):
+                if evaluates and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations):
                     record.update(self.evaluate())
                 if main:
                     self._log(record)
