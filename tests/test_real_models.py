@@ -156,3 +156,24 @@ def test_anchor_steps_use_a_cheaper_dpm_anchor(tmp_path):
     assert calls == [4, 4, 4]  # three batched model calls for the four candidates' anchors
     with pytest.raises(ValueError, match="adagrpo.anchor_steps"):
         load_config(None, ("adagrpo.anchor_steps=-1",))
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_real_model_configs_load_and_their_adapters_fit(pipelines, tmp_path, kind):
+    from pathlib import Path
+
+    from fastgrpo.models import load_backbone
+    from fastgrpo.models.lora import has_lora
+
+    name = {"sd3": "sd35m_adagrpo_mixgrpo", "flux": "flux_adagrpo_mixgrpo"}[kind]
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    with pytest.raises(ValueError, match="data.train_prompts is required"):
+        load_config(str(path))
+    cfg = load_config(str(path), (f"model.path={pipelines[kind]}", f"data.train_prompts={pipelines['prompts']}"))
+    assert cfg.model.kind == kind and cfg.model.lora_rank > 0 and cfg.window.size == 4
+    cfg.model.dtype, cfg.model.resolution, cfg.device = "fp32", 32, "cpu"
+    backbone = load_backbone(cfg.model, torch.device("cpu"))
+    assert has_lora(backbone.transformer)
+    wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in backbone.transformer.named_parameters()
+               if ".lora_A" in n}
+    assert {"to_q", "add_q_proj"} <= wrapped  # image and text streams both adapted
