@@ -99,7 +99,6 @@ void clip_preprocess(const at::Tensor& images, at::Tensor& out, at::Tensor& nan_
     p.std[c] = static_cast<float>(std[c]);
   }
   p.nan_flag = nan_flag.data_ptr<int32_t>();
-  p.tmp = nullptr;
   p.stream = nullptr;
 
   if (device.is_cpu()) {
@@ -109,9 +108,6 @@ void clip_preprocess(const at::Tensor& images, at::Tensor& out, at::Tensor& nan_
 #ifdef FASTGRPO_WITH_CUDA
   TORCH_CHECK_VALUE(device.is_cuda(), "images must be on CPU or CUDA, got ", device);
   const c10::cuda::CUDAGuard guard(device);
-  at::Tensor tmp = at::empty({3 * images.size(0) * row_len * col_start.numel()},
-                             images.options().dtype(quantize ? at::kByte : at::kFloat));
-  p.tmp = tmp.data_ptr();
   p.stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const int err = fg_preprocess_cuda(&p);
   TORCH_CHECK(err == 0, "fastgrpo._C.clip_preprocess: CUDA error: ", fg_cuda_error_string(err));

@@ -36,7 +36,6 @@ typedef struct {
   int32_t quantize;
   float mean[3], std[3];
   int32_t* nan_flag;      /* set to 1 when a pixel read is NaN (it then counts as 0) */
-  void* tmp;              /* CUDA: batch*3 * rows.len * cols.n_out horizontal results, uint8 or float */
   void* stream;           /* CUDA: cudaStream_t */
 } fg_preprocess_params;
 

@@ -381,6 +381,50 @@ def test_cuda_equals_fallback(dtype, input_range, quantize):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("quantize", [True, False])
+@pytest.mark.parametrize("geometry", [
+    (7, 512, 512, 224, 224),   # the reward case: one tile row of blocks per 16 output rows
+    (7, 512, 768, 224, 224),   # window starts at column 125: scalar head and tail around the 16-byte loads
+    (7, 768, 512, 224, 224),   # tall
+    (7, 128, 128, 224, 224),   # upsampling
+    (2, 250, 1100, 384, 300),  # 300 crop columns: more columns than threads
+    (3, 100, 90, 40, 24),      # fewer crop columns than threads; the last tile holds 8 of 24 rows
+])
+def test_cuda_tiles_match_fallback(geometry, quantize, dtype):
+    """The fused kernel's tiling (row tiles, streamed chunks, 16-byte or scalar loads) on every input dtype."""
+    B, H, W, size, crop = geometry
+    g = torch.Generator().manual_seed(H + W)
+    x = torch.randint(0, 256, (B, 3, H, W), generator=g, dtype=torch.uint8)
+    if dtype != torch.uint8:
+        x = (torch.rand(B, 3, H, W, generator=g, dtype=torch.float64) * 1.2 - 0.1).to(dtype)
+    got = clip_preprocess(x.to(CUDA), size, crop, quantize=quantize, backend="cuda").cpu()
+    want = clip_preprocess(x, size, crop, quantize=quantize, backend="torch")
+    if quantize:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [24, 96])
+def test_cuda_reward_batches_match_fallback(batch):
+    x = torch.rand(batch, 3, 512, 512, device=CUDA)
+    x[-1] = make_image("checker3", 512, 512).to(CUDA).float() / 255  # high frequencies: overshoot clipped twice
+    assert torch.equal(clip_preprocess(x).cpu(), clip_preprocess(x.cpu(), backend="torch"))
+
+
+@pytest.mark.gpu
+def test_cuda_unaligned_and_strided_views():
+    """Views that rule out the 16-byte loads (odd offset, odd row stride, channels last) give the same result."""
+    base = torch.randint(0, 256, (3, 3, 300, 420), generator=torch.Generator().manual_seed(11), dtype=torch.uint8)
+    want = clip_preprocess(base[..., 1:], backend="torch")
+    for view in (base.to(CUDA)[..., 1:], base.to(CUDA).contiguous(memory_format=torch.channels_last)[..., 1:],
+                 base[..., 1:].contiguous().to(CUDA), base.float().div(255).to(CUDA)[..., 1:]):
+        assert torch.equal(clip_preprocess(view).cpu(), want)
+
+
+@pytest.mark.gpu
 def test_cuda_strides_layouts_and_dtypes():
     base = torch.rand(4, 3, 700, 900, device=CUDA)
     want = clip_preprocess(base)
