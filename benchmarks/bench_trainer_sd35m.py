@@ -9,6 +9,8 @@ the LAION aesthetic scorer on a random CLIP ViT-L/14, loaded through its real lo
 the VAE decode and fastgrpo's CLIP preprocessing. T = 25 (MixGRPO), 4 candidate prompts with ODE anchors → 1
 trained prompt × 8 samples. Stages are the trainer's timers with a device synchronisation at each boundary.
 CUDA only (on a CPU the world benchmark, ``fastgrpo bench trainer``, stands in).
+``FASTGRPO_BENCH_ANCHORS=0``: without AdaGRPO's anchors (plain MixGRPO vs DanceGRPO-style, as MixGRPO's Table 1
+compares them); results then go to ``trainer_sd35m_no_anchors``.
 """
 from __future__ import annotations
 
@@ -91,6 +93,8 @@ def main(quick: bool = False, out_dir: str | None = None):
         print("trainer_sd35m: skipped (needs a CUDA GPU; see `fastgrpo bench trainer` for the CPU world)")
         return 0
     iterations = 1 if quick else 2
+    anchors = os.environ.get("FASTGRPO_BENCH_ANCHORS", "1") != "0"
+    selection = () if anchors else ("adagrpo.curriculum=false", "adagrpo.fusion=false")
     torch.manual_seed(0)
     backbone = RandomTextSd3(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +102,7 @@ def main(quick: bool = False, out_dir: str | None = None):
         task = PromptTask(PROMPTS, PROMPTS[:4], scorer, [1.0], ["aesthetic"])
         rows = []
         for name, overrides in VARIANTS.items():
-            cfg = load_config(None, overrides + (
+            cfg = load_config(None, overrides + selection + (
                 "sampling.steps=25", "adagrpo.candidates=4", "adagrpo.keep=1", "group_size=8", "model.kind=sd3",
                 "model.path=unused", "model.lora_rank=32", "model.autocast=true", "data.train_prompts=unused",
                 "reward.names=aesthetic", "device=cuda", f"out_dir={tmp}/{name}"))
@@ -138,7 +142,10 @@ def main(quick: bool = False, out_dir: str | None = None):
         ratio = next(r["vs_full_sde"] for r in rows if r["variant"] == variant)
         notes.append(f"target: {variant} ≤ {goal}× the full-SDE iteration time: {ratio:.2f}× → "
                      f"{'met' if ratio <= goal else 'NOT met'}")
-    common.write_results("trainer_sd35m", rows, notes, out_dir, device=device)
+    if not anchors:
+        notes.append("Without AdaGRPO's anchors (curriculum and fusion off): the select stage is empty.")
+    common.write_results("trainer_sd35m" if anchors else "trainer_sd35m_no_anchors", rows, notes, out_dir,
+                         device=device)
     return 0
 
 

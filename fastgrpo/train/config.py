@@ -225,12 +225,12 @@ class StepwiseConfig:
 class AdaGRPOConfig:
     curriculum: bool = True
     """Online curriculum filtering: train the candidates whose ODE anchor reward is nearest the capability EMA."""
-    candidates: int = 16
+    candidates: int = 8
     """B: candidate prompts per iteration (one deterministic anchor rollout each)."""
-    anchor_steps: int = 0
+    anchor_steps: int = 4
     """Steps of the anchor rollouts: 0 = sampling.steps (Euler, as the paper); n > 0 = n DPM-Solver++ 2M steps,
     a cheaper anchor."""
-    keep: int = 8
+    keep: int = 4
     """k: prompts trained per iteration (without the curriculum, k random prompts)."""
     decay: float = 0.8
     """α of the capability EMA."""
