@@ -103,7 +103,7 @@ def main(quick: bool = False, out_dir: str | None = None):
         rows = []
         for name, overrides in VARIANTS.items():
             cfg = load_config(None, overrides + selection + (
-                "sampling.steps=25", "adagrpo.candidates=4", "adagrpo.keep=1", "group_size=8", "model.kind=sd3",
+                "sampling.steps=25", "adagrpo.candidates=4", "adagrpo.keep=1", "adagrpo.anchor_steps=0", "group_size=8", "model.kind=sd3",
                 "model.path=unused", "model.lora_rank=32", "model.autocast=true", "data.train_prompts=unused",
                 "reward.names=aesthetic", "device=cuda", f"out_dir={tmp}/{name}"))
             previous = os.environ.get("FASTGRPO_BACKEND")
@@ -134,8 +134,9 @@ def main(quick: bool = False, out_dir: str | None = None):
     full = next(r["iteration"] for r in rows if r["variant"] == "full_sde")
     for row in rows:
         row["vs_full_sde"] = row["iteration"] / full
+    select = ("4 candidates (25-step Euler ODE anchors) → 1 prompt" if anchors else "1 prompt (no anchors)")
     notes = [f"SD3.5-Medium architecture (random weights, bf16, LoRA r = 32), 512² (64² latents), T = 25, shift 3, "
-             f"4 candidates (ODE anchors) → 1 prompt × 8 samples; median of {iterations} iterations after a "
+             f"{select} × 8 samples; median of {iterations} iterations after a "
              "warm-up; seconds per stage with a device sync at each boundary. Reward: LAION aesthetic on a random "
              "CLIP ViT-L/14 after the SD3 VAE decode. Text embeddings: fixed random (cached encoders in training)."]
     for variant, goal in (("mixgrpo", 0.5), ("flash_star", 0.3)):

@@ -94,8 +94,11 @@ def _git(*args: str) -> str:
 
 
 def git_commit() -> str:
-    """Short commit of the working tree, ``+dirty`` when it has changes. Without git (a copied tree on a GPU
-    machine): ``FASTGRPO_BENCH_COMMIT`` if set (pass the checkout's commit along), else ``unknown``."""
+    """Short commit of the working tree, ``+dirty`` when it has changes. ``FASTGRPO_BENCH_COMMIT`` wins when set
+    (a tree copied to a GPU machine may carry a stale .git: pass the checkout's commit along); without git and
+    without it, ``unknown``."""
+    if os.environ.get("FASTGRPO_BENCH_COMMIT"):
+        return os.environ["FASTGRPO_BENCH_COMMIT"]
     try:
         commit = _git("rev-parse", "--short", "HEAD")
         return commit + ("+dirty" if _git("status", "--porcelain") else "")
