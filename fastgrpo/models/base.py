@@ -83,6 +83,26 @@ def require_pipeline_dir(path, kind: str, components: tuple[str, ...]) -> Path:
     return root
 
 
+def load_pipeline(pipeline_cls, cfg, device, components: tuple[str, ...], frozen: tuple[str, ...],
+                  transformer_class: str):
+    """``pipeline_cls.from_pretrained(model.path)`` from local files only, checked: the frozen parts on ``device``
+    in ``model.dtype``, the transformer in fp32 for full fine-tuning (the base dtype under LoRA)."""
+    name = pipeline_cls.__name__
+    root = require_pipeline_dir(cfg.path, name, components)
+    dtype = DTYPES[cfg.dtype]
+    try:
+        pipe = pipeline_cls.from_pretrained(str(root), dtype=dtype, local_files_only=True)
+    except Exception as err:
+        raise ValueError(f"model.path={cfg.path!r}: cannot load it as a {name}: {type(err).__name__}: {err}") from err
+    if type(pipe.transformer).__name__ != transformer_class:
+        raise ValueError(f"model.path={cfg.path!r}: cannot load it as a {name}: its transformer is "
+                         f"{type(pipe.transformer).__name__}, not {transformer_class}")
+    for part in frozen:
+        freeze(getattr(pipe, part, None), device, dtype)
+    pipe.transformer.to(device, dtype=torch.float32 if cfg.lora_rank == 0 else dtype)
+    return pipe
+
+
 def freeze(module: nn.Module | None, device, dtype) -> nn.Module | None:
     if module is None:
         return None

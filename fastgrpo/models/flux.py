@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, freeze, require_pipeline_dir
+from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
 
 
 class FluxBackbone(Backbone):
@@ -40,19 +40,9 @@ class FluxBackbone(Backbone):
     def from_pretrained(cls, cfg, device) -> "FluxBackbone":
         from diffusers import FluxPipeline
 
-        root = require_pipeline_dir(cfg.path, "FluxPipeline", ("transformer", "vae", "text_encoder", "text_encoder_2"))
+        pipe = load_pipeline(FluxPipeline, cfg, device, ("transformer", "vae", "text_encoder", "text_encoder_2"),
+                             ("text_encoder", "text_encoder_2", "vae"), "FluxTransformer2DModel")
         dtype = DTYPES[cfg.dtype]
-        try:
-            pipe = FluxPipeline.from_pretrained(str(root), dtype=dtype, local_files_only=True)
-        except Exception as err:
-            raise ValueError(f"model.path={cfg.path!r}: cannot load it as a FluxPipeline: "
-                             f"{type(err).__name__}: {err}") from err
-        if type(pipe.transformer).__name__ != "FluxTransformer2DModel":
-            raise ValueError(f"model.path={cfg.path!r}: cannot load it as a FluxPipeline: its transformer is "
-                             f"{type(pipe.transformer).__name__}, not FluxTransformer2DModel")
-        for name in ("text_encoder", "text_encoder_2", "vae"):
-            freeze(getattr(pipe, name), device, dtype)
-        transformer = pipe.transformer.to(device, dtype=torch.float32 if cfg.lora_rank == 0 else dtype)
 
         @torch.no_grad()
         def encode(texts):
@@ -60,7 +50,7 @@ class FluxBackbone(Backbone):
                                                    max_sequence_length=cfg.max_sequence_length)
             return hidden, pooled
 
-        return cls(transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype, guidance=cfg.flux_guidance,
+        return cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype, guidance=cfg.flux_guidance,
                    max_sequence_length=cfg.max_sequence_length, cache_size=cfg.text_cache)
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:

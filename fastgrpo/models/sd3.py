@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, freeze, require_pipeline_dir
+from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
 
 
 class Sd3Backbone(Backbone):
@@ -29,19 +29,9 @@ class Sd3Backbone(Backbone):
     def from_pretrained(cls, cfg, device) -> "Sd3Backbone":
         from diffusers import StableDiffusion3Pipeline
 
-        root = require_pipeline_dir(cfg.path, "StableDiffusion3Pipeline", ("transformer", "vae", "text_encoder"))
+        pipe = load_pipeline(StableDiffusion3Pipeline, cfg, device, ("transformer", "vae", "text_encoder"),
+                             ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"), "SD3Transformer2DModel")
         dtype = DTYPES[cfg.dtype]
-        try:
-            pipe = StableDiffusion3Pipeline.from_pretrained(str(root), dtype=dtype, local_files_only=True)
-        except Exception as err:
-            raise ValueError(f"model.path={cfg.path!r}: cannot load it as a StableDiffusion3Pipeline: "
-                             f"{type(err).__name__}: {err}") from err
-        if type(pipe.transformer).__name__ != "SD3Transformer2DModel":
-            raise ValueError(f"model.path={cfg.path!r}: cannot load it as a StableDiffusion3Pipeline: its transformer is "
-                             f"{type(pipe.transformer).__name__}, not SD3Transformer2DModel")
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
-            freeze(getattr(pipe, name, None), device, dtype)
-        transformer = pipe.transformer.to(device, dtype=torch.float32 if cfg.lora_rank == 0 else dtype)
 
         @torch.no_grad()
         def encode(texts):
@@ -50,7 +40,7 @@ class Sd3Backbone(Backbone):
                                                       max_sequence_length=cfg.max_sequence_length)
             return hidden, pooled
 
-        return cls(transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype, cache_size=cfg.text_cache)
+        return cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype, cache_size=cfg.text_cache)
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
         dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype
