@@ -303,3 +303,22 @@ def test_stepwise_gains_telescope_to_final_minus_initial(tmp_path):
     torch.testing.assert_close(gains.sum(1), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="stepwise.enabled"):
         load_config(None, ("stepwise.enabled=true",))  # fusion is on by default: a per-sample advantage
+
+
+def test_nonfinite_rewards_are_skipped_then_stop_the_run_without_losing_the_checkpoint(tmp_path):
+    trainer = Trainer(_config(tmp_path / "nan", "optim.max_nonfinite=2"))
+    trainer.step()
+    trainer.iteration += 1
+    saved = trainer.save()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real = trainer._reward
+    trainer._reward = lambda latents, prompts: real(latents, prompts) * float("nan")
+    assert trainer.step() == {"skipped": "rewards"}  # skipped: no update
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    with pytest.raises(RuntimeError, match="optim.max_nonfinite"):
+        trainer.step()
+    trainer._reward = real
+    weights, state = ckpt.load(tmp_path / "nan")
+    assert saved.exists() and state["iteration"] == 1 and all(torch.equal(weights[k], before[k]) for k in weights)
+    with pytest.raises(ValueError, match="optim.max_nonfinite"):
+        load_config(None, ("optim.max_nonfinite=0",))

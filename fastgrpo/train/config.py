@@ -263,12 +263,17 @@ class OptimConfig:
     """Group std of the advantages: unbiased (DanceGRPO, MixGRPO, AdaGRPO) or population (Flow-GRPO)."""
     adv_eps: float = 1e-8
     """ε in (r − mean)/(std + ε): 1e-8 (DanceGRPO, MixGRPO, AdaGRPO) or 1e-4 (Flow-GRPO)."""
+    max_nonfinite: int = 3
+    """Iterations in a row with a non-finite reward or loss (each skipped, its update dropped) before the run
+    stops with an error."""
     kl_beta: float = 0.0
     """β of Flow-GRPO's KL, mean((μ − μ_ref)²)/(2g²), to the initial model (0: no reference model kept)."""
 
     def __post_init__(self):
         if not (self.lr > 0 and self.kl_beta >= 0 and self.grad_clip > 0):  # NaN fails too
             raise ValueError("optim.lr and optim.grad_clip must be > 0 and optim.kl_beta >= 0")
+        if self.max_nonfinite < 1:
+            raise ValueError(f"optim.max_nonfinite must be >= 1, got {self.max_nonfinite}")
         if self.adv_std not in ("unbiased", "population"):
             raise ValueError(f"optim.adv_std must be 'unbiased' or 'population', got {self.adv_std!r}")
 

@@ -395,8 +395,10 @@ class Trainer:
     def _nonfinite(self, what: str) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row += 1
-        if self.nonfinite_in_a_row >= 3:
-            raise RuntimeError(f"non-finite {what} in 3 iterations in a row (last at iteration {self.iteration}); "
+        limit = self.cfg.optim.max_nonfinite
+        if self.nonfinite_in_a_row >= limit:
+            raise RuntimeError(f"non-finite {what} in {limit} iterations in a row (optim.max_nonfinite; last at "
+                               f"iteration {self.iteration}); "
                                "stopping — lower optim.lr or check the reward")
         return {"skipped": what}
 
