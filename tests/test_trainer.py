@@ -229,8 +229,27 @@ def test_a_step_option_that_contradicts_the_family_is_refused():
 def test_default_yaml_lists_the_dataclass_defaults():
     from pathlib import Path
 
+    import dataclasses
+
+    import yaml
+
     from fastgrpo.train import TrainConfig
-    assert load_config(str(Path(__file__).parents[1] / "configs" / "default.yaml")) == TrainConfig()
+    path = Path(__file__).parents[1] / "configs" / "default.yaml"
+    assert load_config(str(path)) == TrainConfig()
+
+    def keys(cls, prefix=""):  # every field, dotted
+        out = set()
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            nested = sub is not None and dataclasses.is_dataclass(sub)
+            out |= keys(sub, prefix + f.name + ".") if nested else {prefix + f.name}
+        return out
+
+    def listed(node, prefix=""):
+        return set().union(*(listed(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k}
+                             for k, v in node.items()))
+
+    assert listed(yaml.safe_load(path.read_text())) == keys(TrainConfig)  # every key is listed
 
 
 def test_selection_modes_pick_by_anchor_reward(tmp_path):

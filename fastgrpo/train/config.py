@@ -165,8 +165,9 @@ class WindowConfig:
     """Iterations between window moves, MixGRPO's τ (25 over its 300 iterations; 10 for 40-iteration runs)."""
     schedule: str = "progressive"
     """progressive | frozen | random | linear_decay | exp_decay."""
-    flash: bool = False
-    """MixGRPO-Flash: after the window, DPM-Solver++ 2M on a coarser grid."""
+    flash: bool = True
+    """MixGRPO-Flash: after the window, DPM-Solver++ 2M on a coarser grid (the default job; each recipe config
+    says whether it uses it)."""
     flash_ratio: float = 0.4
     """Flash: post-window points n = max(1, int((T − last)·r))."""
     train_fraction: float = 1.0
