@@ -297,7 +297,8 @@ def test_branch_options_are_checked():
 
 
 def test_stepwise_gains_telescope_to_final_minus_initial(tmp_path):
-    trainer = Trainer(_config(tmp_path / "sw", "stepwise.enabled=true", "adagrpo.fusion=false", "window.size=3"))
+    trainer = Trainer(_config(tmp_path / "sw", "stepwise.enabled=true", "adagrpo.fusion=false", "window.size=3",
+                              "window.flash=false"))
     cfg = trainer.cfg
     from fastgrpo.train.rollout import sample
     noise = trainer._group_noise(3, 11)
