@@ -34,9 +34,9 @@ except ImportError:  # run as a script
 
 PROMPTS = [f"a photo of object {i} on a table, studio light" for i in range(16)]
 VARIANTS = {
-    "full_sde": ("window.size=14", "window.schedule=frozen"),
-    "mixgrpo": ("window.size=4", "window.schedule=frozen"),
-    "mixgrpo_torch_ops": ("window.size=4", "window.schedule=frozen"),
+    "full_sde": ("window.size=14", "window.schedule=frozen", "window.flash=false"),
+    "mixgrpo": ("window.size=4", "window.schedule=frozen", "window.flash=false"),
+    "mixgrpo_torch_ops": ("window.size=4", "window.schedule=frozen", "window.flash=false"),
     "flash": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.4"),
     "flash_star": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.2"),
 }
