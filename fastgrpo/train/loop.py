@@ -157,10 +157,11 @@ class Trainer:
         denoise = self.backbone.denoiser(self.model)
         for name, prompts in self.task.evaluation.items():
             images = []
+            all_noise = _noise(len(prompts), self.backbone.latent_shape, EVAL_SEED)  # fixed per prompt index
             for start in range(0, len(prompts), 32):
                 part = prompts.take(range(start, min(start + 32, len(prompts))))
                 n = len(part)
-                noise = _noise(len(prompts), self.backbone.latent_shape, EVAL_SEED)[start:start + n].to(self.device)
+                noise = all_noise[start:start + n].to(self.device)
                 with self._autocast():
                     traj = sample(denoise, noise, self.sigmas, self._text(part.texts), self._empty(n),
                                   guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
