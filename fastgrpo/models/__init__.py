@@ -7,7 +7,7 @@ velocity call — behind one interface, so the loop is the same for the embedded
 from __future__ import annotations
 
 from .base import Backbone, TextEmbeddings
-from .lora import add_lora, adapters_disabled, trainable_state_dict
+from .lora import add_lora, adapters_disabled
 
 KINDS = ("world", "sd3", "flux")
 
@@ -32,5 +32,4 @@ def load_backbone(model_cfg, device) -> Backbone:
     return backbone
 
 
-__all__ = ["Backbone", "KINDS", "TextEmbeddings", "adapters_disabled", "add_lora", "load_backbone",
-           "trainable_state_dict"]
+__all__ = ["Backbone", "KINDS", "TextEmbeddings", "adapters_disabled", "add_lora", "load_backbone"]

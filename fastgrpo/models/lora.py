@@ -13,8 +13,8 @@ def add_lora(transformer: nn.Module, rank: int, alpha: float, targets: list[str]
         from peft import LoraConfig
     except ImportError:
         raise ImportError("model.lora_rank > 0 needs peft: pip install 'fastgrpo[train]'") from None
-    names = {n.rsplit(".", 1)[-1] for n, _ in transformer.named_modules()} | {n for n, _ in transformer.named_modules()}
-    if not targets or not any(t in names or any(n.endswith("." + t) for n in names) for t in targets):
+    names = [n for n, _ in transformer.named_modules()]
+    if not any(n == t or n.endswith("." + t) for t in targets for n in names):  # peft's suffix match
         raise ValueError(f"model.lora_targets={','.join(targets)!r} matches no module of the transformer "
                          "(e.g. to_q,to_k,to_v,to_out.0)")
     transformer.requires_grad_(False)
@@ -39,7 +39,3 @@ def adapters_disabled(transformer: nn.Module):
     finally:
         transformer.enable_adapters()
 
-
-def trainable_state_dict(module: nn.Module) -> dict:
-    """The parameters that train (all of them for full fine-tuning, the adapter's for LoRA)."""
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}

@@ -9,15 +9,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
+from .base import Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
 
 
 class Sd3Backbone(Backbone):
-    def __init__(self, transformer: nn.Module, vae, encode, *, resolution: int, dtype: torch.dtype,
-                 cache_size: int = 512):
+    def __init__(self, transformer: nn.Module, vae, encode, *, resolution: int, cache_size: int = 512):
         self.transformer = transformer
         self.vae = vae
-        self.dtype = dtype
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if resolution % (factor * transformer.config.patch_size):
             raise ValueError(f"model.resolution={resolution} must be a multiple of "
@@ -31,8 +29,6 @@ class Sd3Backbone(Backbone):
 
         pipe = load_pipeline(StableDiffusion3Pipeline, cfg, device, ("transformer", "vae", "text_encoder"),
                              ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"), "SD3Transformer2DModel")
-        dtype = DTYPES[cfg.dtype]
-
         @torch.no_grad()
         def encode(texts):
             hidden, _, pooled, _ = pipe.encode_prompt(texts, None, None, device=device,
@@ -40,7 +36,7 @@ class Sd3Backbone(Backbone):
                                                       max_sequence_length=cfg.max_sequence_length)
             return hidden, pooled
 
-        return cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype, cache_size=cfg.text_cache)
+        return cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
         dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..world import World, velocity
+from ..world import World, shapes, velocity
 from .base import Backbone, TextEmbeddings
 
 
@@ -12,6 +12,10 @@ class WorldBackbone(Backbone):
         self.world = world
         self.transformer = world.transformer
         self.latent_shape = tuple(world.codec.latent_shape)
+        # every prompt of the world (and the empty one) encoded now, in one fixed batch: the world's encoder
+        # batches cache misses, and a batched matmul rounds by batch — embeddings must not depend on which
+        # prompts a run happened to meet first (a resumed run would drift from the uninterrupted one)
+        world.encode_prompts([shapes.prompt(c) for c in shapes.COMBOS] + [""])
 
     @classmethod
     def load(cls, path, device) -> "WorldBackbone":
