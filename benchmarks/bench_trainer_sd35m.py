@@ -15,32 +15,28 @@ compares them); results then go to ``trainer_sd35m_no_anchors``.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import zlib
 
 import torch
 
-from fastgrpo.models import TextEmbeddings, add_lora
-from fastgrpo.models.base import Backbone, decode_vae
+from fastgrpo.models import add_lora
+from fastgrpo.models.base import Backbone, EmbeddingCache, decode_vae
 from fastgrpo.models.tiny import sd3_vae, sd35_medium_transformer
 from fastgrpo.train import Trainer, load_config
 from fastgrpo.train.task import PromptTask
 
 try:
     from benchmarks import common
+    from benchmarks.bench_trainer import VARIANTS as WORLD_VARIANTS, compare, measure
 except ImportError:  # run as a script
     import common
+    from bench_trainer import VARIANTS as WORLD_VARIANTS, compare, measure
 
 PROMPTS = [f"a photo of object {i} on a table, studio light" for i in range(16)]
-VARIANTS = {
-    "full_sde": ("window.size=14", "window.schedule=frozen", "window.flash=false"),
-    "mixgrpo": ("window.size=4", "window.schedule=frozen", "window.flash=false"),
-    "mixgrpo_torch_ops": ("window.size=4", "window.schedule=frozen", "window.flash=false"),
-    "flash": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.4"),
-    "flash_star": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.2"),
-}
-STAGES = ("t_select", "t_rollout", "t_advantage", "t_update")
+# the world benchmark's variants, plus MixGRPO with fastgrpo's ops forced off
+VARIANTS = {name: overrides for variant, overrides in WORLD_VARIANTS.items()
+            for name in ((variant, "mixgrpo_torch_ops") if variant == "mixgrpo" else (variant,))}
 
 
 class RandomTextSd3(Backbone):
@@ -53,14 +49,13 @@ class RandomTextSd3(Backbone):
         self.vae = sd3_vae().to(device, torch.bfloat16).eval().requires_grad_(False)
         self.latent_shape = (16, resolution // 8, resolution // 8)
         self.device = device
+        self.encode_prompts = EmbeddingCache(self._random_text)  # made once per prompt, kept on the device
 
-    def encode_prompts(self, texts):
-        rows = []
-        for t in texts:
-            g = torch.Generator().manual_seed(zlib.crc32(t.encode()))
-            rows.append((torch.randn(333, 4096, generator=g), torch.randn(2048, generator=g)))
-        return TextEmbeddings(torch.stack([r[0] for r in rows]).to(self.device, torch.bfloat16),
-                              torch.stack([r[1] for r in rows]).to(self.device, torch.bfloat16))
+    def _random_text(self, texts):
+        (text,) = texts
+        g = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        hidden, pooled = torch.randn(1, 333, 4096, generator=g), torch.randn(1, 2048, generator=g)
+        return hidden.to(self.device, torch.bfloat16), pooled.to(self.device, torch.bfloat16)
 
     def velocity(self, transformer, latents, sigma, text):
         return transformer(hidden_states=latents, encoder_hidden_states=text.hidden, pooled_projections=text.pooled,
@@ -112,37 +107,25 @@ def main(quick: bool = False, out_dir: str | None = None):
             try:
                 trainer = Trainer(cfg, backbone=backbone, task=task)
                 trainer.sync_stages = True
-                trainer.step()  # warm-up
-                trainer.iteration += 1
                 torch.cuda.reset_peak_memory_stats()
-                runs = []
-                for _ in range(iterations):
-                    runs.append(trainer.step())
-                    trainer.iteration += 1
+                row = {"variant": name, **measure(trainer, iterations)}
             finally:
                 if previous is None:
                     os.environ.pop("FASTGRPO_BACKEND", None)
                 else:
                     os.environ["FASTGRPO_BACKEND"] = previous
-            row = {"variant": name, **{s[2:]: statistics.median(r[s] for r in runs) for s in STAGES}}
-            row["iteration"] = sum(row[s[2:]] for s in STAGES)
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             rows.append(row)
             print(f"{name}: {row['iteration']:.2f} s/iteration, peak {row['peak_gib']:.1f} GiB", flush=True)
             del trainer
             torch.cuda.empty_cache()
-    full = next(r["iteration"] for r in rows if r["variant"] == "full_sde")
-    for row in rows:
-        row["vs_full_sde"] = row["iteration"] / full
     select = ("4 candidates (25-step Euler ODE anchors) → 1 prompt" if anchors else "1 prompt (no anchors)")
     notes = [f"SD3.5-Medium architecture (random weights, bf16, LoRA r = 32), 512² (64² latents), T = 25, shift 3, "
              f"{select} × 8 samples; median of {iterations} iterations after a "
              "warm-up; seconds per stage with a device sync at each boundary. Reward: LAION aesthetic on a random "
-             "CLIP ViT-L/14 after the SD3 VAE decode. Text embeddings: fixed random (cached encoders in training)."]
-    for variant, goal in (("mixgrpo", 0.5), ("flash_star", 0.3)):
-        ratio = next(r["vs_full_sde"] for r in rows if r["variant"] == variant)
-        notes.append(f"target: {variant} ≤ {goal}× the full-SDE iteration time: {ratio:.2f}× → "
-                     f"{'met' if ratio <= goal else 'NOT met'}")
+             "CLIP ViT-L/14 after the SD3 VAE decode. Text embeddings: fixed random per prompt, cached on the "
+             "device (as the real encoders are in training)."]
+    compare(rows, notes)
     if not anchors:
         notes.append("Without AdaGRPO's anchors (curriculum and fusion off): the select stage is empty.")
     common.write_results("trainer_sd35m" if anchors else "trainer_sd35m_no_anchors", rows, notes, out_dir,
