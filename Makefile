@@ -1,24 +1,28 @@
 # fastgrpo: `make train` runs the main job, `make test` the tests; each creates the venv when missing.
+# Versions come from requirements/lock.txt (tested); `make test LOCK=` installs the newest releases instead
+# (in a new venv: `make clean` first). `make lock` refreshes the lock from pyproject.toml.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK ?= requirements/lock.txt
 # CPU wheel on a CPU machine; on a CUDA box, install your CUDA torch into the venv first (see README)
 TORCH_SPEC ?= torch==2.13.0
-TRITON_SPEC ?= triton==3.7.1
+# where `make lock` finds the CPU torch wheel it resolves against (a folder, or https://download.pytorch.org/whl/cpu)
+TORCH_WHEELS ?= /opt/wheels
+CONSTRAINTS := $(if $(strip $(LOCK)),-c $(LOCK),)
 
-.PHONY: install train demo test test-gpu bench clean
+.PHONY: install train demo test test-gpu bench lock clean
 
-$(VENV)/.installed: pyproject.toml setup.py
+$(VENV)/.installed: pyproject.toml setup.py $(strip $(LOCK))
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel
+	$(PY) -m pip install -q $(CONSTRAINTS) "setuptools>=77" wheel
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q "$(TRITON_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,train]"
+	$(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e ".[test,train]"
 	touch $@
 
 install: $(VENV)/.installed
 
 train: $(VENV)/.installed
-	$(VENV)/bin/fastgrpo train --config configs/default.yaml
+	$(VENV)/bin/fastgrpo train
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/fastgrpo demo
@@ -31,6 +35,12 @@ test-gpu: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/fastgrpo bench
+
+lock:
+	test -x .venv-lock/bin/uv || (python3 -m venv .venv-lock && .venv-lock/bin/pip install -q uv)
+	.venv-lock/bin/uv pip compile pyproject.toml requirements/build.in --all-extras --python-version 3.11 \
+		--find-links $(TORCH_WHEELS) --override requirements/overrides.txt --no-emit-package torch \
+		--custom-compile-command "make lock" -o requirements/lock.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,5 @@
-"""Build script. `kernels/` (Triton) ships inside the package as `fastgrpo.kernels`; `csrc/` builds the optional
+"""Build script. `kernels/` (Triton sources, linked from `fastgrpo/kernels/`) ships inside the package as
+`fastgrpo.kernels`; `csrc/` builds the optional
 C++/CUDA extension `fastgrpo._C` (CLIP image preprocessing for the rewards).
 
 FASTGRPO_BUILD_EXT = auto (default) | off | cpu | cuda
@@ -28,7 +29,7 @@ DEPENDS = [f"{CSRC}/preprocess.h"]
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
 NVCC_FLAGS = ["-O3"]
 
-packages = find_packages(include=["fastgrpo", "fastgrpo.*"]) + ["fastgrpo.kernels"]
+packages = find_packages(include=["fastgrpo", "fastgrpo.*"])
 
 
 def note(message: str) -> None:
@@ -118,7 +119,6 @@ if not extensions:
 
 setup(
     packages=packages,
-    package_dir={"fastgrpo.kernels": "kernels"},
     ext_modules=extensions,
     cmdclass={"build_ext": build_ext_class} if build_ext_class else {},
 )

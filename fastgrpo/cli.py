@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="GRPO training (default: AdaGRPO + MixGRPO on the embedded shapes world)")
-    tr.add_argument("--config", default=None, help="a YAML file (see configs/)")
+    tr.add_argument("--config", default=None, help="a YAML file, or a shipped recipe's name (default, mixgrpo, flow_grpo, ...); none: the default")
     tr.add_argument("--resume", default=None, help="a run directory to continue")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=20 window.size=2")
     pre = sub.add_parser("pretrain-world", help="flow-matching pretraining of the embedded world's weights")

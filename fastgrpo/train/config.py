@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from ..reference.flow_step import FAMILIES, LOGPROBS
@@ -373,13 +374,32 @@ def _coerce(name: str, annotation, value):
         raise ValueError(f"config key {name!r} expects {kind}, got {value!r}") from None
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+"""The recipe configs shipped in the package (the repository's ``configs/`` links here)."""
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def resolve_config(path: str) -> Path:
+    """A YAML file, or the name of a shipped recipe (``mixgrpo`` → ``fastgrpo/configs/mixgrpo.yaml``)."""
+    if Path(path).is_file():
+        return Path(path)
+    if (RECIPES / f"{path}.yaml").is_file() and "/" not in path:
+        return RECIPES / f"{path}.yaml"
+    raise FileNotFoundError(f"--config {path!r}: no such file, nor a shipped recipe "
+                            f"({', '.join(recipe_names())}){_nearest(path, recipe_names())}")
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys: ``window.size=2``)."""
+    """Defaults ← YAML file (or shipped recipe name) ← ``key=value`` overrides (dotted keys: ``window.size=2``).
+    No file: the dataclass defaults, which are the shipped ``default`` recipe."""
     import yaml
 
     values: dict[str, Any] = {}
     if path is not None:
-        with open(path) as fh:
+        with open(resolve_config(path)) as fh:
             values = yaml.safe_load(fh) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: the config file must hold a mapping of keys")

@@ -1,0 +1,1 @@
+../../kernels/dpm_solver.py

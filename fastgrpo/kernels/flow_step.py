@@ -1,0 +1,1 @@
+../../kernels/flow_step.py

@@ -1,1 +1,0 @@
-"""Triton kernels of fastgrpo (installed as ``fastgrpo.kernels``). Import only where triton is installed."""
