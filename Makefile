@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 LOCK ?= requirements/lock.txt
 # CPU wheel on a CPU machine; on a CUDA box, install your CUDA torch into the venv first (see README)
 TORCH_SPEC ?= torch==2.13.0
+# `make train ARGS="iterations=80 out_dir=runs/long"`: config overrides for the main job
+ARGS ?=
+# `make lock` writes here
+LOCK_OUT ?= requirements/lock.txt
 # where `make lock` finds the CPU torch wheel it resolves against (a folder, or https://download.pytorch.org/whl/cpu)
 TORCH_WHEELS ?= /opt/wheels
 CONSTRAINTS := $(if $(strip $(LOCK)),-c $(LOCK),)
@@ -22,7 +26,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(strip $(LOCK))
 install: $(VENV)/.installed
 
 train: $(VENV)/.installed
-	$(VENV)/bin/fastgrpo train
+	$(VENV)/bin/fastgrpo train $(ARGS)
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/fastgrpo demo
@@ -40,7 +44,7 @@ lock:
 	test -x .venv-lock/bin/uv || (python3 -m venv .venv-lock && .venv-lock/bin/pip install -q uv)
 	.venv-lock/bin/uv pip compile pyproject.toml requirements/build.in --all-extras --python-version 3.11 \
 		--find-links $(TORCH_WHEELS) --override requirements/overrides.txt --no-emit-package torch \
-		--custom-compile-command "make lock" -o requirements/lock.txt
+		--custom-compile-command "make lock" -o $(LOCK_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
