@@ -28,7 +28,7 @@ def load_backbone(model_cfg, device) -> Backbone:
         raise ValueError(f"model.kind must be one of {KINDS}, got {model_cfg.kind!r}")
     if model_cfg.lora_rank > 0:
         add_lora(backbone.transformer, model_cfg.lora_rank, model_cfg.lora_alpha or model_cfg.lora_rank,
-                 model_cfg.target_modules())
+                 model_cfg.lora_targets)
     return backbone
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from ..reference.flow_step import FAMILIES, LOGPROBS
 
@@ -30,8 +30,8 @@ class ModelConfig:
     """LoRA rank through peft (0 = full fine-tuning)."""
     lora_alpha: float = 0.0
     """LoRA α (0 = the rank)."""
-    lora_targets: str = "to_q,to_k,to_v,to_out.0"
-    """Comma-separated module names the adapter wraps (Flow-GRPO / MixGRPO: the attention projections)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    """Module names the adapter wraps, peft's suffix match (Flow-GRPO / MixGRPO: the attention projections)."""
     max_sequence_length: int = 256
     """sd3 / flux: T5 tokens per prompt."""
     flux_guidance: float = 3.5
@@ -43,9 +43,6 @@ class ModelConfig:
     autocast: bool = False
     """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
 
-    def target_modules(self) -> list[str]:
-        return [t.strip() for t in str(self.lora_targets or "").split(",") if t.strip()]
-
     def __post_init__(self):
         if self.kind not in ("world", "sd3", "flux"):
             raise ValueError(f"model.kind must be world, sd3 or flux, got {self.kind!r}")
@@ -53,7 +50,7 @@ class ModelConfig:
             raise ValueError(f"model.dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
         if self.lora_rank < 0 or self.lora_alpha < 0:
             raise ValueError("model.lora_rank and model.lora_alpha must be >= 0")
-        if self.lora_rank > 0 and not self.target_modules():
+        if self.lora_rank > 0 and not self.lora_targets:
             raise ValueError("model.lora_targets is empty: name the modules the adapter wraps")
         if self.resolution < 16 or self.max_sequence_length < 1 or self.text_cache < 1:
             raise ValueError("model.resolution must be >= 16, model.max_sequence_length and model.text_cache >= 1")
@@ -74,55 +71,30 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class RewardConfig:
-    names: str = "world"
-    """Comma-separated registered rewards (fastgrpo.rewards), e.g. "pickscore,hpsv2"; "world" = the shapes
-    world's programmatic reward (only with model.kind world)."""
-    weights: str = ""
-    """Comma-separated weights, one per name (empty = all 1)."""
-    paths: str = ""
-    """name=directory pairs, comma-separated, e.g. "pickscore=/models/PickScore_v1,hpsv2=/models/hps"."""
+    names: list[str] = field(default_factory=lambda: ["world"])
+    """Registered rewards (fastgrpo.rewards), e.g. [pickscore, hpsv2]; world = the shapes world's programmatic
+    reward (only with model.kind world)."""
+    weights: list[float] = field(default_factory=list)
+    """One weight per name (empty = all 1)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """name → weights directory, e.g. {pickscore: /models/PickScore_v1, hpsv2: /models/hps}."""
     aggregate: str = "sum_zscore"
     """Several rewards: z-score the weighted sum (Flow-GRPO, sum_zscore) or sum the weighted per-reward
     z-scores (DanceGRPO / MixGRPO, zscore_sum)."""
     batch_size: int = 32
 
-    def name_list(self) -> list[str]:
-        return [n.strip() for n in str(self.names or "").split(",") if n.strip()]
-
-    def weight_list(self) -> list[float]:
-        names = self.name_list()
-        if not str(self.weights or "").strip():
-            return [1.0] * len(names)
-        try:
-            weights = [float(w) for w in str(self.weights).split(",")]
-        except ValueError:
-            raise ValueError(f"reward.weights={self.weights!r} must be comma-separated numbers") from None
-        if len(weights) != len(names):
-            raise ValueError(f"reward.weights has {len(weights)} entries for {len(names)} reward.names")
-        return weights
-
-    def path_map(self) -> dict[str, str]:
-        out = {}
-        for item in str(self.paths or "").split(","):
-            if not item.strip():
-                continue
-            if "=" not in item:
-                raise ValueError(f"reward.paths entry {item!r} must look like name=directory")
-            name, path = item.split("=", 1)
-            if name.strip() not in self.name_list():
-                raise ValueError(f"reward.paths names {name.strip()!r}, which is not in reward.names={self.names!r}")
-            out[name.strip()] = path.strip()
-        return out
-
     def __post_init__(self):
-        if not self.name_list():
+        if not self.names:
             raise ValueError("reward.names is empty: name at least one reward")
+        if self.weights and len(self.weights) != len(self.names):
+            raise ValueError(f"reward.weights has {len(self.weights)} entries for {len(self.names)} reward.names")
+        unknown = sorted(set(self.paths) - set(self.names))
+        if unknown:
+            raise ValueError(f"reward.paths names {unknown}, not in reward.names={self.names}")
         if self.aggregate not in ("sum_zscore", "zscore_sum"):
             raise ValueError(f"reward.aggregate must be sum_zscore or zscore_sum, got {self.aggregate!r}")
         if self.batch_size < 1:
             raise ValueError(f"reward.batch_size must be >= 1, got {self.batch_size}")
-        self.weight_list()
-        self.path_map()
 
 
 @dataclass(kw_only=True)
@@ -189,24 +161,16 @@ class WindowConfig:
 class BranchConfig:
     enabled: bool = False
     """G²RPO's singular stochastic sampling instead of a window: ODE trunk, one SDE step branching G samples."""
-    points: str = "0,1,2,3"
-    """Branch points k (comma-separated steps; G²RPO uses the first half of the schedule)."""
-    strides: str = "1,2"
-    """Λ: ODE strides that finish each branch; per-λ group z-scores are summed (G²RPO's code: 1,2; paper 1,2,3)."""
-
-    def lists(self) -> tuple[list[int], list[int]]:
-        try:
-            points = [int(p) for p in str(self.points or "").split(",") if p.strip()]
-            strides = [int(p) for p in str(self.strides or "").split(",") if p.strip()]
-        except ValueError:
-            raise ValueError("branch.points and branch.strides are comma-separated integers") from None
-        return points, strides
+    points: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    """Branch points k, steps of the schedule (G²RPO uses its first half)."""
+    strides: list[int] = field(default_factory=lambda: [1, 2])
+    """Λ: ODE strides that finish each branch; per-λ group z-scores are summed (G²RPO's code: 1, 2; its paper
+    1, 2, 3)."""
 
     def __post_init__(self):
-        points, strides = self.lists()
-        if not points:
+        if not self.points:
             raise ValueError("branch.points is empty: give at least one branch step")
-        if not strides or min(strides) < 1:
+        if not self.strides or min(self.strides) < 1:
             raise ValueError("branch.strides (Λ) must be a non-empty list of integers >= 1")
 
 
@@ -296,7 +260,9 @@ class TrainConfig:
     """G: samples per prompt."""
     seed: int = 0
     eval_every: int = 10
+    """Iterations between evaluations (0 = never evaluate)."""
     checkpoint_every: int = 10
+    """Iterations between checkpoints (0 = never checkpoint)."""
     out_dir: str = "runs/default"
     device: str = "cpu"
     distributed: str = "ddp"
@@ -305,7 +271,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.distributed not in ("ddp", "fsdp"):
             raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
-        if (self.model.kind == "world") != (self.reward.name_list() == ["world"]):
+        if (self.model.kind == "world") != (self.reward.names == ["world"]):
             raise ValueError(f"reward.names={self.reward.names!r} with model.kind={self.model.kind!r}: the shapes "
                              "world is scored by its own reward ('world'), and only it")
         if self.model.kind != "world" and self.data.train_prompts is None:
@@ -313,9 +279,9 @@ class TrainConfig:
                              "one prompt per line")
         if self.window.size > self.sampling.steps - 1:
             raise ValueError(f"window.size={self.window.size} must be < sampling.steps={self.sampling.steps}")
-        points, _ = self.branch.lists()
+        points = self.branch.points
         if self.branch.enabled and not 0 <= min(points) <= max(points) <= self.sampling.steps - 2:
-            raise ValueError(f"branch.points={self.branch.points!r} must lie in 0..sampling.steps-2 "
+            raise ValueError(f"branch.points={points} must lie in 0..sampling.steps-2 "
                              f"({self.sampling.steps - 2})")
         if self.stepwise.enabled and (self.branch.enabled or self.window.flash or self.adagrpo.fusion):
             raise ValueError("stepwise.enabled trains per-step gains of the window's SDE steps: it excludes "
@@ -324,6 +290,9 @@ class TrainConfig:
             raise ValueError(f"group_size must be >= 2 (a group needs spread), got {self.group_size}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        for key in ("eval_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0 = never), got {getattr(self, key)}")
 
 
 def to_dict(config) -> dict:
@@ -336,42 +305,108 @@ def _nearest(name: str, options) -> str:
 
 
 def _build(cls, values: dict, prefix: str = ""):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise ValueError(f"unknown config key {prefix + key!r}{_nearest(key, fields)}")
-        f = fields[key]
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
+            raise ValueError(f"unknown config key {prefix + str(key)!r}{_nearest(str(key), fields)}")
+        if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {prefix + key!r} is a section; give its fields")
-            kwargs[key] = _build(sub, value, prefix + key + ".")
+            kwargs[key] = _build(hints[key], value, prefix + key + ".")
         else:
-            kwargs[key] = _coerce(prefix + key, f.type, value)
+            kwargs[key] = _coerce(prefix + key, hints[key], value)
     return cls(**kwargs)
 
 
-def _coerce(name: str, annotation, value):
-    kind = str(annotation)
-    try:
-        if value is None and "Optional" in kind:
-            return None
-        if "bool" in kind:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if "int" in kind and "float" not in kind:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
+# Strings are accepted wherever a number or a bool is expected: command-line values arrive as text, and YAML
+# reads 3e-5 (no dot) as a string.
+_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _to_bool(value) -> bool:
+    if isinstance(value, str):
+        value = _WORDS.get(value.strip().lower(), value)
+    if not isinstance(value, bool):  # not 2, which bool() would make True
+        raise ValueError
+    return value
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    if isinstance(value, str):
+        try:
             return int(value)
-        if "float" in kind:
+        except ValueError:
             return float(value)
-        return str(value) if value is not None else None
+    return value
+
+
+def _to_int(value) -> int:
+    value = _number(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_float(value) -> float:
+    return float(_number(value))
+
+
+def _to_str(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError  # a list, a mapping or a bool given to a string key is a mistake, not a name
+    return str(value)
+
+
+_SCALARS = {bool: (_to_bool, "true or false"), int: (_to_int, "an integer"), float: (_to_float, "a number"),
+            str: (_to_str, "a string")}
+
+
+def _scalar(name: str, kind, value):
+    convert, expected = _SCALARS[kind]
+    try:
+        return convert(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config key {name!r} expects {kind}, got {value!r}") from None
+        raise ValueError(f"config key {name!r} expects {expected}, got {value!r}") from None
+
+
+def _items(name: str, value) -> list:
+    """A YAML list, or text "a,b" (a single "a"; "" = none)."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, (dict, type(None))):
+        raise ValueError(f"config key {name!r} expects a list, got {value!r}")
+    return [value]
+
+
+def _pairs(name: str, value) -> dict:
+    """A YAML mapping, or text "key=value,key=value" ("" = none)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or any("=" not in item for item in _items(name, value)):
+        raise ValueError(f"config key {name!r} expects a mapping, e.g. a=1,b=2, got {value!r}")
+    return dict(map(str.strip, item.split("=", 1)) for item in _items(name, value))
+
+
+def _coerce(name: str, annotation, value):
+    """value (from YAML or the command line) as the field's annotation: str, int, float, bool, Optional[...],
+    list[...] or dict[str, ...]; a ValueError naming the key otherwise."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Union:  # Optional[X]
+        if value is None or value == "null":
+            return None
+        return _coerce(name, next(a for a in args if a is not type(None)), value)
+    if origin is list:
+        return [_scalar(f"{name}[{i}]", args[0], v) for i, v in enumerate(_items(name, value))]
+    if origin is dict:
+        return {_scalar(name, args[0], k): _scalar(f"{name}.{k}", args[1], v)
+                for k, v in _pairs(name, value).items()}
+    return _scalar(name, annotation, value)
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs"
@@ -413,8 +448,20 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] = ()) -> 
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"config key {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _command_line_value(key, raw)
     return _build(TrainConfig, values)
+
+
+def _command_line_value(key: str, raw: str):
+    """Text, typed later by the field; [a, b] and {a: 1} read as YAML flow collections."""
+    if not raw.lstrip().startswith(("[", "{")):
+        return raw
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ValueError(f"config key {key!r}: {raw!r} is not a YAML list or mapping ({error.problem})") from None
 
 
 def dump_config(config: TrainConfig, path) -> None:

@@ -217,11 +217,10 @@ class Trainer:
         for p, text in enumerate(kept.texts):
             target = kept.take([p]).repeat(G)
             if cfg.branch.enabled:
-                points, strides = cfg.branch.lists()
                 with self._autocast():
-                    branches = branch(denoise, self._group_noise(1, seed + 100 + p), self.sigmas, points, strides,
-                                      G, self._text([text]), self._empty(1), guidance=cfg.sampling.guidance,
-                                      eta=cfg.sampling.eta, family=cfg.sampling.family,
+                    branches = branch(denoise, self._group_noise(1, seed + 100 + p), self.sigmas, cfg.branch.points,
+                                      cfg.branch.strides, G, self._text([text]), self._empty(1),
+                                      guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
                                       logprob=cfg.sampling.logprob, seed=seed + 200 + p,
                                       score=lambda latents: self._reward(latents, target))
                 for _, traj, r in branches:

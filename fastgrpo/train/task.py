@@ -85,8 +85,9 @@ class PromptTask:
         train = read_prompts(cfg.data.train_prompts, "data.train_prompts")
         evaluation = (read_prompts(cfg.data.eval_prompts, "data.eval_prompts") if cfg.data.eval_prompts
                       else train[:cfg.data.eval_count])
-        names, weights, paths = cfg.reward.name_list(), cfg.reward.weight_list(), cfg.reward.path_map()
-        configs = {n: {"path": paths[n]} for n in names if n in paths}
+        names = cfg.reward.names
+        weights = cfg.reward.weights or [1.0] * len(names)
+        configs = {n: {"path": path} for n, path in cfg.reward.paths.items()}
         scorer = MultiReward(dict(zip(names, weights)), shared={"batch_size": cfg.reward.batch_size}, **configs)
         return cls(train, evaluation, scorer.to(device).eval(), weights, names)
 
