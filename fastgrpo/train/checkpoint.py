@@ -1,46 +1,92 @@
-"""Checkpoints: one immutable directory per save (``ckpt-<iteration>``, written under a temporary name and renamed
-into place) plus a ``latest`` pointer replaced atomically, so a crash or kill never leaves a half-written
-checkpoint as the one a resume would load. The two newest checkpoints are kept."""
+"""Checkpoints: one immutable directory per save plus a ``latest`` pointer, so a crash or a kill -9 at any moment
+leaves ``latest`` naming a complete checkpoint.
+
+A save writes ``.ckpt-tmp-<u>/`` (weights, state, fsynced), renames it to a name no earlier save used
+(``ckpt-<iteration>-<u>``: saving an iteration twice never touches the first copy), switches ``latest`` atomically,
+and only then prunes: older checkpoints beyond ``keep``, and leftovers of killed saves. The checkpoint ``latest``
+names is never removed.
+
+``state.pt`` holds plain data only (tensors, dicts, lists, tuples, numbers, strings, None) and is read with
+``torch.load(weights_only=True)``: loading a checkpoint runs no pickled code.
+"""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from . import atomic
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+TMP_PREFIX = ".ckpt-tmp-"
+_NAME = re.compile(r"ckpt-(\d+)(?:-[A-Za-z0-9_]+)?")
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
 
 def save(out_dir: str | os.PathLike, iteration: int, weights: dict, state: dict, keep: int = 2) -> Path:
-    """``weights``: name → tensor (the model or its LoRA adapter); ``state``: everything else (torch.save)."""
+    """``weights``: name → tensor (the model or its LoRA adapter); ``state``: everything else, plain data only."""
     from safetensors.torch import save_file
 
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the checkpoint 'latest' names), got {keep}")
+    check_plain(state)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final = out / f"ckpt-{iteration:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".ckpt-tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX))
+    final = out / f"ckpt-{iteration:06d}-{tmp.name.removeprefix(TMP_PREFIX)}"
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        atomic.fsync_tree(tmp)
+        os.replace(tmp, final)  # a fresh name (mkdtemp's suffix is unique in `out`): nothing is replaced
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
-    _atomic_write_text(out / "latest", final.name + "\n")
-    for old in sorted(out.glob("ckpt-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic.fsync_dir(out)
+    atomic.write_text(out / "latest", final.name + "\n")
+    _prune(out, final, keep)
     return final
+
+
+def _iteration(path: Path) -> int | None:
+    match = _NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _prune(out: Path, current: Path, keep: int) -> None:
+    """Keep ``current`` and the ``keep`` − 1 newest earlier checkpoints. Others at ``current``'s iteration or later
+    are stale (a second save of the iteration, or saves of a killed run that this resumed run has redone)."""
+    step = _iteration(current)
+    earlier, stale = [], []
+    for path in out.glob("ckpt-*"):
+        it = _iteration(path)
+        if path == current or it is None or not path.is_dir():
+            continue  # never the one `latest` names; never a folder this module did not write
+        (earlier if it < step else stale).append(path)
+    earlier.sort(key=lambda p: (_iteration(p), p.stat().st_mtime_ns))
+    for path in stale + earlier[:max(0, len(earlier) - (keep - 1))]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in out.glob(TMP_PREFIX + "*"):  # a save killed before its rename
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_plain(value, where: str = "state") -> None:
+    """Raise a TypeError naming the first entry that ``torch.load(weights_only=True)`` would refuse (checked at
+    save time, so a resume never finds out too late)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"checkpoint {where} has a {type(key).__name__} key {key!r}; use str or int keys")
+            check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"checkpoint {where} has type {type(value).__name__}; state.pt holds only tensors, dicts, "
+                        "lists, numbers and strings (it is loaded with weights_only=True)")
 
 
 def load(run_dir: str | os.PathLike) -> tuple[dict, dict]:
@@ -56,4 +102,4 @@ def load(run_dir: str | os.PathLike) -> tuple[dict, dict]:
     for name in ("model.safetensors", "state.pt"):
         if not (ckpt / name).is_file():
             raise FileNotFoundError(f"--resume {run}: {ckpt / name} is missing")
-    return load_file(str(ckpt / "model.safetensors")), torch.load(ckpt / "state.pt", weights_only=False)
+    return load_file(str(ckpt / "model.safetensors")), torch.load(ckpt / "state.pt", weights_only=True)
