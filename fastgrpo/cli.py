@@ -15,7 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=20 window.size=2")
     pre = sub.add_parser("pretrain-world", help="flow-matching pretraining of the embedded world's weights")
     pre.add_argument("--steps", type=int, default=2400, help="AdamW steps (the shipped weights: 2400, seed 0)")
-    pre.add_argument("--out", default=None, help="default: the weights shipped in the package")
+    target = pre.add_mutually_exclusive_group(required=True)  # never the installed package's weights by default
+    target.add_argument("--out", default=None, help="the .safetensors file to write")
+    target.add_argument("--replace-shipped", action="store_true",
+                        help="overwrite the weights shipped in the installed package (every run then loads them)")
     smp = sub.add_parser("sample", help="render a grid of every training prompt from a run's checkpoint")
     smp.add_argument("run_dir")
     smp.add_argument("--out", default="samples.png")
@@ -35,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pretrain-world":
         from .world import WEIGHTS
         from .world.pretrain import pretrain
-        pretrain(steps=args.steps, out=args.out or WEIGHTS)
+        from pathlib import Path
+        if args.steps < 1:
+            pre.error(f"--steps must be >= 1, got {args.steps}")
+        if args.out is not None and Path(args.out).resolve() == WEIGHTS.resolve():
+            pre.error(f"--out {args.out} is the weights shipped in the package; pass --replace-shipped instead to "
+                      "overwrite them")
+        pretrain(WEIGHTS if args.replace_shipped else args.out, steps=args.steps,
+                 replace_shipped=args.replace_shipped)
         return 0
     if args.command == "sample":
         from .train.sample import render_run

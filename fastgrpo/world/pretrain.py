@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 
 from . import World, WEIGHTS, shapes, velocity
 
 
-def pretrain(steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: int = 0, out=WEIGHTS,
-             log_every: int = 100) -> World:
+def pretrain(out, steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: int = 0, log_every: int = 100,
+             replace_shipped: bool = False) -> World:
     """``steps`` AdamW steps with a cosine learning rate (deterministic for a seed on one machine and torch
-    version; ~10 minutes on 2 CPU cores)."""
+    version; ~10 minutes on 2 CPU cores), written to ``out``. ``out`` has no default and may name the shipped
+    weights only with ``replace_shipped``: every installed copy of fastgrpo loads those, so replacing them by
+    accident silently changes every later run."""
+    out = Path(out)
+    if out.resolve() == WEIGHTS.resolve() and not replace_shipped:
+        raise ValueError(f"out={str(out)!r} is the weights shipped in the package; name another file, or pass "
+                         "replace_shipped=True (`--replace-shipped`) to overwrite them")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     torch.manual_seed(seed)
     world = World("cpu")
     gen = torch.Generator().manual_seed(seed)
