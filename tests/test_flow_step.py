@@ -1,5 +1,6 @@
 """flow_step: Triton kernel (interpreted on CPU) against the PyTorch reference, and the reference against the math."""
 import math
+import zlib
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def _close(a, b, **tol):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", ["noise", "x_next"])
 def test_kernel_matches_reference(family, logprob, dtype, shape, mode):
-    v, x, s, sn = random_step(shape, dtype, seed=hash((family, logprob, shape, mode)) % 1000)
+    # a fixed seed per case: hash() of a str differs between processes (PYTHONHASHSEED)
+    v, x, s, sn = random_step(shape, dtype, seed=zlib.crc32(repr((family, logprob, shape, mode)).encode()) % 1000)
     extra = torch.randn(shape).to(dtype)
     kw = dict(family=family, logprob=logprob, return_mean=True, **{mode: extra})
     got = flow_step(v, x, s, sn, 0.7, backend="triton", **kw)

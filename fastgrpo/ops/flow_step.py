@@ -99,6 +99,32 @@ class FlowStepFunction(torch.autograd.Function):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _check_generator(generator, v: Tensor, noise, seed, x_next) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    given = [name for name, t in (("noise", noise), ("seed", seed), ("x_next", x_next)) if t is not None]
+    if given:
+        raise ValueError(f"generator draws ε, which {given[0]} already fixes: give one of them")
+    if generator.device.type not in ("cpu", v.device.type):
+        raise ValueError(f"generator is on {generator.device}; it must be a CPU generator or on v's device "
+                         f"({v.device})")
+
+
+def seed_from_generator(generator: torch.Generator) -> int:
+    """The kernel's Philox seed drawn from ``generator`` on the host, advancing it, so the same generator state gives
+    the same ε (a different stream from ``torch.randn``'s). A CPU generator draws an integer. A CUDA generator is
+    Philox (seed, offset) held on the host: the pair is mixed (splitmix64) into the seed and the offset moves on by
+    one draw's 4, with no device work or sync."""
+    if generator.device.type == "cpu":
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    offset = generator.get_offset()
+    generator.set_offset(offset + 4)
+    z = (generator.initial_seed() * 0x9E3779B97F4A7C15 + offset + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) % (2**31 - 1)
+
+
 def flow_step(v: Tensor, x: Tensor, sigma: Scalar, sigma_next: Scalar, eta: float = 0.7, *,
               family: str = "flow_sde", logprob: str = "full", noise: Optional[Tensor] = None,
               seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
@@ -122,7 +148,8 @@ def flow_step(v: Tensor, x: Tensor, sigma: Scalar, sigma_next: Scalar, eta: floa
         eta: noise level η ≥ 0.
         x' comes from exactly one of: ``x_next`` (training: the stored rollout sample), ``noise`` (ε given),
             ``seed`` (ε drawn in-kernel by Philox; on the torch path, a torch.Generator seeded with it), or
-            neither (ε from ``generator`` / torch's global RNG).
+            neither (ε from ``generator`` — CPU or v's device; on the Triton path the Philox seed is drawn from
+            it — or else torch's global RNG).
         mu_ref: reference mean for the fused KL term ``kl = mean((μ − μ_ref)²)/D`` (see ``kl_divisor``).
         out_dtype: storage dtype of x'. The log-prob is of x' *as stored*, so a replay matches it exactly.
         return_mean: also return μ (fp32; differentiable).
@@ -142,6 +169,8 @@ def flow_step(v: Tensor, x: Tensor, sigma: Scalar, sigma_next: Scalar, eta: floa
     check_choice("kl_divisor", kl_divisor, KL_DIVISORS)
     if sum(t is not None for t in (noise, seed, x_next)) > 1:
         raise ValueError("give at most one of noise, seed and x_next")
+    if generator is not None:
+        _check_generator(generator, v, noise, seed, x_next)
     if not isinstance(eta, (float, int)) or isinstance(eta, bool):
         raise ValueError(f"eta must be a float, got {type(eta).__name__}")
     if eta < 0:
@@ -165,8 +194,8 @@ def flow_step(v: Tensor, x: Tensor, sigma: Scalar, sigma_next: Scalar, eta: floa
                                    kl_divisor=kl_divisor, out_dtype=out_dtype, return_mean=return_mean)
     if x_next is None and noise is None and seed is None:
         # a host-side draw: reproducible under torch.manual_seed / generator, no device sync
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator if (
-            generator is not None and generator.device.type == "cpu") else None).item())
+        seed = (int(torch.randint(0, 2**31 - 1, (1,)).item()) if generator is None
+                else seed_from_generator(generator))
     # under torch.compile the registered custom op (traceable, no graph break); eagerly the autograd.Function
     step = _fwd_op if torch.compiler.is_compiling() else FlowStepFunction.apply
     x_out, log_prob, mean, std, kl = step(v, x, sigma_t, sigma_next_t, float(eta), noise, x_next, mu_ref,
