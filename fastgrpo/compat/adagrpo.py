@@ -1,63 +1,106 @@
-"""Drop-in for AdaGRPO's step log-prob (Bujiazi/GRPO-Series, ``utils/utilities.py``, ``flowsde_prob_func``).
+"""Drop-in for AdaGRPO's step log-prob and advantages (Bujiazi/GRPO-Series, checked at commit
+c4028f945f5a13e1e9c7d0674265149311359ae1): ``flowsde_prob_func`` and ``compute_relative_adv`` from
+``utils/utilities.py``, ``compute_ema_adv`` from ``src/method_adagrpo.py``.
 
-    from fastgrpo.compat.adagrpo import flowsde_prob_func
-
-Same signature and numbers: Flow-GRPO's sde mean in fp32 and the quadratic-only log-prob. Differences: the
-log-prob is averaged over all non-batch dims (the anchor hard-codes dims (1, 2), right for packed (B, L, C) FLUX
-latents and the same numbers there, but (B, W)-shaped for 4-D latents); at η = 0 it is 0 instead of NaN/−inf.
+    from fastgrpo.compat.adagrpo import compute_ema_adv, compute_relative_adv, flowsde_prob_func
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
-from ..ops import group_advantages
-from ..reference.flow_step import step_coefficients
+from ._common import ArgumentIndexError, ArgumentTypeError, linear_mean, squared_distance
 
 
-def flowsde_prob_func(image_latents: Tensor, pred_velocity: Tensor, sigma_input, sigma_target, eta: float):
-    """μ = x + Δ(v + g²/(2σ)·(x + (1−σ)v)), g = η·sqrt(σ/(1−σ)) (1 − σ_target at σ = 1), Δ = σ_target − σ.
+def flowsde_prob_func(image_latents: Tensor, pred_velocity: Tensor, sigma_input, sigma_target, eta):
+    """Flow-GRPO's sde mean for one step σ = ``sigma_input`` → σ' = ``sigma_target``, Δ = σ' − σ:
+    g = η·sqrt(σ/(1 − σ̃)) with σ̃ = σ' where σ = 1, else σ; μ = x(1 + g²Δ/(2σ)) + v(1 + g²(1−σ)/(2σ))Δ (fp32).
 
-    Returns ``(log_prob_fn, mean_next)`` where ``log_prob_fn(latents, mean_next_latents)`` is
-    −mean((latents − mean_next_latents)²)/(2·g²·|Δ|) per sample (latents detached; broadcasting as the anchor:
-    (G, ...) latents against a (1, ...) mean give (G,)).
+    Returns ``(log_prob_fn, mean_next)``: mean_next fp32, shaped like the broadcast of the latents and velocity;
+    ``log_prob_fn(latents, mean_next_latents)`` = −mean over dims (1, 2) of (latents − mean_next_latents)²,
+    divided by 2·g²·|Δ| — the quadratic term only, latents detached, broadcasting as the anchor: (G, L, C)
+    latents against a (1, L, C) mean give (G,); 4-D (G, C, H, W) latents give (G, W), as the anchor's fixed
+    dims (1, 2) do. Gradients flow into the mean (and through it into the velocity and latents).
+
+    Differences, all deliberate: where the divisor is 0 (η = 0) the log-prob is 0 (the anchor: −inf or NaN); the
+    σ's may also be Python numbers (the anchor needs tensors). Latents of fewer than 3 dims raise a ValueError
+    that is also the anchor's IndexError. The mean takes two passes over the latents and the log-prob one pass
+    and a norm (the anchor: about ten).
     """
+    sigma = sigma_input if isinstance(sigma_input, Tensor) else torch.as_tensor(float(sigma_input))
+    sigma_next = sigma_target if isinstance(sigma_target, Tensor) else torch.as_tensor(float(sigma_target))
     device = image_latents.device
-    sigma = torch.as_tensor(sigma_input, dtype=torch.float32, device=device).reshape(1)
-    sigma_next = torch.as_tensor(sigma_target, dtype=torch.float32, device=device).reshape(1)
-    a, b, std, _ = step_coefficients(sigma, sigma_next, float(eta), "flow_sde")
-    shape = (1,) * image_latents.dim()
-    mean_next = a.reshape(shape) * image_latents.float() + b.reshape(shape) * pred_velocity.float()
-    variance = (std * std).reshape(())  # 2·g²·|Δ| = 2·s²
+    if sigma.device.type == "cpu" and sigma_next.device.type == "cpu" and sigma.numel() == 1 \
+            and sigma_next.numel() == 1:
+        a, b, divisor = _host_scalars(float(sigma), float(sigma_next), float(eta))
+    else:  # device σ's: the same algebra as tensors, no host sync
+        sigma, sigma_next = sigma.to(device, torch.float32), sigma_next.to(device, torch.float32)
+        one_minus = 1 - torch.where(sigma == 1, sigma_next, sigma)
+        h = eta * eta / (2 * one_minus)
+        dt = sigma_next - sigma
+        shape = sigma.shape if sigma.dim() else ()
+        a = (1 + h * dt).reshape(*shape, *([1] * (image_latents.dim() - len(shape))))
+        b = ((1 + h * (1 - sigma)) * dt).reshape(a.shape)
+        divisor = 2 * (eta * eta * sigma / one_minus) * dt.abs()
+    mean_next = linear_mean(image_latents, pred_velocity, a, b)
 
     def log_prob_fn(latents: Tensor, mean_next_latents: Tensor) -> Tensor:
-        sq = (latents.detach().float() - mean_next_latents).pow(2)
-        sq = sq.mean(dim=tuple(range(1, sq.dim())))
-        return torch.where(variance > 0, -sq / (2 * torch.where(variance > 0, variance, 1.0)), torch.zeros_like(sq))
+        if max(latents.dim(), mean_next_latents.dim()) < 3:
+            raise ArgumentIndexError("latents must have at least 3 dims: the log-prob averages over dims (1, 2), "
+                                     f"as the anchor (got shapes {tuple(latents.shape)} and "
+                                     f"{tuple(mean_next_latents.shape)})")
+        sq = squared_distance(latents, mean_next_latents, dims=(1, 2))
+        shape = torch.broadcast_shapes(latents.shape, mean_next_latents.shape)
+        count = shape[1] * shape[2]
+        if isinstance(divisor, float):
+            return sq * (-1.0 / (count * divisor)) if divisor > 0 else torch.zeros_like(sq)
+        positive = divisor > 0
+        scale = -1.0 / (count * torch.where(positive, divisor, torch.ones_like(divisor)))
+        return torch.where(positive, sq * scale, torch.zeros_like(sq))
 
     return log_prob_fn, mean_next
 
 
+def _host_scalars(sigma: float, sigma_next: float, eta: float):
+    """(a, b, 2·g²·|Δ|) in fp64 on the host."""
+    one_minus = 1.0 - (sigma_next if sigma == 1.0 else sigma)
+    dt = sigma_next - sigma
+    if one_minus == 0.0:  # σ̃ = 1: the anchor divides by zero
+        return math.nan, math.nan, math.nan
+    h = eta * eta / (2.0 * one_minus)
+    return 1.0 + h * dt, (1.0 + h * (1.0 - sigma)) * dt, 2.0 * (eta * eta * sigma / one_minus) * abs(dt)
+
+
 def compute_relative_adv(rewards: Tensor, adv_clip_max: float) -> Tensor:
-    """AdaGRPO's local advantage for one group: clamp((r − mean)/(std + 1e-8), ±adv_clip_max), unbiased std
-    (a constant group gives exactly 0)."""
-    ids = torch.zeros(rewards.numel(), dtype=torch.int64, device=rewards.device)
-    out = group_advantages(rewards.reshape(-1), ids, std="unbiased", eps=1e-8, clip=adv_clip_max)
-    return out.advantages.reshape(rewards.shape).to(rewards.dtype)
+    """AdaGRPO's local advantage for one group: clamp((r − mean)/(std + 1e-8), ±adv_clip_max) over every element
+    of ``rewards``, unbiased std, in the rewards' dtype — the anchor's reductions, so the same numbers.
 
-
-class _EMA:
-    def __init__(self, mean, std, device):
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
-        # the released function takes σ_ema (already sqrt(max(v, 1e-8))); group_advantages takes v
-        self.var = torch.as_tensor(std, dtype=torch.float32, device=device) ** 2
-        self.ready = torch.ones((), dtype=torch.bool, device=device)
+    Difference, deliberate: a single reward gives 0 (the anchor: NaN, its unbiased std of one value)."""
+    if rewards.numel() < 2:
+        return torch.zeros_like(rewards)
+    return ((rewards - rewards.mean()) / (rewards.std() + 1e-8)).clamp(-adv_clip_max, adv_clip_max)
 
 
 def compute_ema_adv(rewards: Tensor, ema_mean, ema_std, adv_clip_max: float) -> Tensor:
-    """AdaGRPO's global advantage for one group: z = (r − μ_ema)/(σ_ema + 1e-8); positives scaled to sum +1 and
-    negatives to −1 (z − mean(z) when either side sums to < 1e-6); clamp ±adv_clip_max."""
-    ids = torch.zeros(rewards.numel(), dtype=torch.int64, device=rewards.device)
-    out = group_advantages(rewards.reshape(-1), ids, std="unbiased", eps=1e-8, clip=adv_clip_max,
-                           ema=_EMA(ema_mean, ema_std, rewards.device), global_clip=adv_clip_max)
-    return out.global_.reshape(rewards.shape).to(rewards.dtype)
+    """AdaGRPO's global advantage for one group: z = (r − μ_ema)/(σ_ema + 1e-8) (σ_ema as given, e.g. the
+    released script's sqrt(max(v_ema, 1e-8))); if the positive z's or the |negative| z's sum to < 1e-6,
+    z ← z − mean(z), else positives are divided by their sum and negatives by the sum of their magnitudes;
+    clamp ±adv_clip_max. Same dtype and shape as ``rewards``.
+
+    Differences, deliberate: no host sync (the anchor branches on the sums in Python). ``ema_mean`` or ``ema_std``
+    None raises a ValueError that is also the anchor's TypeError.
+    """
+    for name, value in (("ema_mean", ema_mean), ("ema_std", ema_std)):
+        if value is None:
+            raise ArgumentTypeError(f"{name} is None: compute_ema_adv needs the EMA of the rewards (the anchor "
+                                    "raises a TypeError)")
+    z = (rewards - ema_mean) / (ema_std + 1e-8)
+    positive, negative = z > 0, z < 0
+    zero = torch.zeros_like(z)
+    pos_sum = torch.where(positive, z, zero).sum()
+    neg_sum = torch.where(negative, -z, zero).sum()
+    one_sided = (pos_sum < 1e-6) | (neg_sum < 1e-6)
+    scaled = torch.where(positive, z / pos_sum, torch.where(negative, z / neg_sum, z))
+    return torch.where(one_sided, z - z.mean(), scaled).clamp(-adv_clip_max, adv_clip_max)

@@ -1,59 +1,99 @@
-"""Drop-in for DanceGRPO's step (XueZeyue/DanceGRPO, ``fastvideo/train_grpo_flux.py``, ``flux_step``).
+"""Drop-in for DanceGRPO's step (XueZeyue/DanceGRPO, ``fastvideo/train_grpo_flux.py``, ``flux_step``; checked at
+commit 15cc71d53cc2e6e18a68ee607d5fb6ba9a99e344, where the log-prob is the full Gaussian since 9ac72b4 of
+2025-08-20 — before it, the constants sat in a discarded statement).
 
     from fastgrpo.compat.dance_grpo import flux_step
-
-Same signature and tuples. The anchor's log-prob is the quadratic term only (its normalising constants sit in a
-discarded statement), and so is this one. Differences: fp32 math throughout, where the anchor rounds σ·v and Δσ·v
-in bf16 when the model output is bf16 (so results agree within bf16 rounding); at η = 0 the log-prob is 0 where
-the anchor raises ``ValueError: math domain error``.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ..ops import flow_step
-from ..reference.flow_step import step_coefficients
-from ._common import per_sample_view, schedule_value
+from ._common import add_noise, linear_mean, squared_distance, torch_path
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def flux_step(model_output: Tensor, latents: Tensor, eta: float, sigmas: Tensor, index: int,
-              prev_sample, grpo: bool, sde_solver: bool):
-    """DanceGRPO step σ = sigmas[index] → σ' = sigmas[index+1], Δσ = σ' − σ, std = η·sqrt(−Δσ).
+              prev_sample: Tensor, grpo: bool, sde_solver: bool):
+    """DanceGRPO step σ = sigmas[index] → σ' = sigmas[index + 1], Δσ = σ' − σ, std = η·sqrt(−Δσ) (a Python float).
 
-    μ = x + Δσ·(v + η²/(2σ)·(x + (1−σ)·v)) with ``sde_solver`` (else the Euler mean x + Δσ·v); x̂0 = x − σ·v.
-    grpo: x' = μ + std·ε (ε from ``torch.randn_like``, global RNG, also without ``sde_solver``, as the anchor),
-    log p = mean(−(x'−μ)²/(2·std²)); returns ``(prev_sample, pred_original_sample, log_prob)``.
+    Mean: with ``sde_solver`` μ = x + Δσ·(v + η²/(2σ)·(x + (1−σ)·v)) (the anchor's score form), else the Euler
+    mean x + Δσ·v; x̂0 = x − σ·v. With ``grpo``: x' = μ + std·ε unless ``prev_sample`` is given (ε from
+    ``torch.randn_like(μ)``: the global RNG, μ's dtype and device), log p = mean over non-batch dims of
+    −(x'−μ)²/(2·std²) − log std − log sqrt(2π); returns ``(prev_sample, pred_original_sample, log_prob)``.
     Otherwise returns ``(prev_sample_mean, pred_original_sample)``.
+    Dtypes as the anchor's type promotion gives them: μ, x', x̂0 in the promoted dtype of latents and model
+    output (fp32 for the recipes' fp32 latents and bf16 output), log p fp32 (batch,); a given prev_sample comes
+    back as given. ``index``: an int or an integer tensor.
+
+    Differences, all deliberate: fp32 math, where the anchor rounds σ·v and Δσ·v in bf16 for a bf16 model output
+    (results agree within bf16 rounding). Rejected like the anchor (ValueError): σ' > σ, and with ``grpo`` a zero
+    or negative std (η ≤ 0, σ' = σ); with σ on a device these checks would be a host sync and are skipped (the
+    anchor syncs for ``math.sqrt``).
     """
-    device, nd = latents.device, latents.dim()
-    sigma = schedule_value(sigmas, index, device)
-    sigma_next = schedule_value(sigmas, index + 1, device)
-    dtype = torch.promote_types(latents.dtype, model_output.dtype)
-    x0_hat = latents.to(dtype) - sigma * model_output.to(dtype)
-    if grpo and sde_solver:
+    device = latents.device
+    sigma, sigma_next = sigmas[index], sigmas[index + 1]
+    host = not isinstance(sigma, Tensor) or sigma.device.type == "cpu"
+    # the anchor's type promotion: a 0-dim σ leaves the tensors' dtype, a σ with dims (a (1,) index) joins it
+    out_dtype = torch.promote_types(latents.dtype, model_output.dtype)
+    if isinstance(sigma, Tensor) and sigma.dim() > 0:
+        out_dtype = torch.promote_types(out_dtype, sigma.dtype)
+    if host:
+        sigma, sigma_next = float(sigma), float(sigma_next)
+        if sigma_next > sigma:
+            raise ValueError(f"sigmas must not increase: sigmas[index + 1] = {sigma_next} > sigmas[index] = {sigma} "
+                             "(the anchor: math domain error)")
+        std = eta * math.sqrt(sigma - sigma_next)
+        if grpo and not std > 0:
+            raise ValueError(f"eta * sqrt(sigmas[index] - sigmas[index + 1]) = {std} must be > 0 with grpo=True "
+                             f"(eta = {eta}; the anchor takes its log: math domain error)")
+    else:
+        sigma, sigma_next = sigma.to(device).reshape(-1), sigma_next.to(device).reshape(-1)
+        std = eta * torch.sqrt(sigma - sigma_next)
+    delta = sigma_next - sigma
+
+    if isinstance(sigma, float):
+        x0_hat = torch.add(latents, model_output, alpha=-sigma)
+    else:
+        x0_hat = torch.addcmul(latents, model_output, _view(sigma, latents.dim()), value=-1)
+    x0_hat = x0_hat.to(out_dtype)
+
+    if grpo and sde_solver and not torch_path(device) and host and eta > 0 and latents.dim() >= 2 \
+            and model_output.shape == latents.shape and (prev_sample is None or prev_sample.shape == latents.shape):
         noise = None
         if prev_sample is None:
-            noise = torch.randn(latents.shape, device=device, dtype=dtype)  # = randn_like(prev_sample_mean)
-        out = flow_step(model_output, latents, sigma, sigma_next, float(eta), family="dance_sde",
-                        logprob="quadratic", noise=noise, x_next=prev_sample, out_dtype=dtype)
+            noise = torch.randn(latents.shape, device=device, dtype=out_dtype)  # = randn_like(μ)
+        out = flow_step(model_output, latents, sigma, sigma_next, float(eta), family="dance_sde", logprob="full",
+                        noise=noise, x_next=prev_sample, out_dtype=out_dtype)
         return out.x_next, x0_hat, out.log_prob
 
-    # the Euler mean (sde_solver=False) or a mean without sampling (grpo=False): small, rarely used paths
-    family = "dance_sde" if sde_solver else "ode"
-    s_t = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(1)
-    sn_t = torch.as_tensor(sigma_next, dtype=torch.float32, device=device).reshape(1)
-    a, b, _, _ = step_coefficients(s_t, sn_t, float(eta), family)
-    mean = per_sample_view(a, nd) * latents.float() + per_sample_view(b, nd) * model_output.float()
+    if sde_solver:
+        h = eta * eta / (2 * sigma)
+        a, b = 1 + delta * h, delta * (1 + h * (1 - sigma))
+    else:
+        a, b = 1.0, delta
+    if not host:
+        a, b = (_view(t if isinstance(t, Tensor) else torch.as_tensor(t, device=device), latents.dim())
+                for t in (a, b))
+    mean = linear_mean(latents, model_output, a, b)
     if not grpo:
-        return mean.to(dtype), x0_hat
-    std = float(eta) * torch.sqrt(s_t - sn_t)
+        return mean.to(out_dtype), x0_hat
     if prev_sample is None:
-        prev_sample = mean + per_sample_view(std, nd) * torch.randn(latents.shape, device=device, dtype=dtype)
-    return prev_sample, x0_hat, _quadratic_log_prob(prev_sample, mean, std)
+        noise = torch.randn(mean.shape, device=device, dtype=out_dtype)  # = randn_like(μ) in the anchor's dtype
+        x_next = add_noise(mean, noise, std if host else _view(std, latents.dim()))
+        prev_sample = x_next.to(out_dtype)
+    sq = squared_distance(prev_sample, mean)
+    count = math.prod(torch.broadcast_shapes(prev_sample.shape, mean.shape)[1:])
+    if host:
+        log_prob = sq * (-0.5 / (count * std * std)) - (math.log(std) + _LOG_SQRT_2PI)
+    else:
+        log_prob = sq * (-0.5 / (count * std * std)) - (torch.log(std) + _LOG_SQRT_2PI)
+    return prev_sample, x0_hat, log_prob
 
 
-def _quadratic_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    dims = tuple(range(1, mean.dim()))
-    sq = (x_next.detach().float() - mean).pow(2).mean(dims)
-    return torch.where(std > 0, -sq / (2 * torch.where(std > 0, std, 1.0) ** 2), torch.zeros_like(sq))
+def _view(t: Tensor, ndim: int) -> Tensor:
+    return t.float().reshape(-1, *([1] * (ndim - 1)))
