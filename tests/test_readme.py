@@ -114,7 +114,7 @@ def run_make_train(command, tmp):
 def run_make_install_step(command, tmp):
     """The install commands are `make install`'s recipe, which `make test` (CI) runs on a fresh venv: check that
     each README line is one of the recipe's lines."""
-    planned = _make(f"-n -B install VENV=.venv", timeout=60).stdout
+    planned = _make("-n -B install VENV=.venv", timeout=60).stdout
     lines = {re.sub(r"\s+", " ", line.split("||")[-1].replace(" -q ", " ").replace("2>/dev/null", "")).strip()
              for line in planned.splitlines()}
     want = command.replace(".venv/bin/pip ", ".venv/bin/python -m pip ")
@@ -128,9 +128,9 @@ def run_make_test(command, tmp):
 
 def run_make_newest(command, tmp):
     """`make clean && make test LOCK=`: the same install without the lock's constraints."""
-    planned = _make("-n -B install LOCK=", timeout=60).stdout
+    planned = _make("-n -B install VENV=.venv LOCK=", timeout=60).stdout
     assert "pip install" in planned and "-c " not in planned and "lock.txt" not in planned
-    assert "rm -rf" in _make(f"-n clean", timeout=60).stdout
+    assert "rm -rf" in _make("-n clean", timeout=60).stdout
 
 
 def run_make_lock(command, tmp):
