@@ -53,18 +53,28 @@ def torch_path(device: torch.device) -> bool:
     return pick_backend("flow_step", device) == "torch"
 
 
+def broadcast_shape(*shapes) -> tuple:
+    """``torch.broadcast_shapes`` for plain int shapes, without its per-call tracing checks (~30 µs)."""
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, ndim - len(shape)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = size
+    return tuple(out)
+
+
 def linear_mean(x: Tensor, v: Tensor, a: Coefficient, b: Coefficient) -> Tensor:
     """μ = a·x + b·v in fp32, broadcast over x, v and the coefficients. Differentiable in x and v."""
     x32 = x if x.dtype == torch.float32 else x.float()
     mu = x32 * a
     if isinstance(b, Tensor):
-        mu = mu.addcmul_(v, b) if mu.shape == torch.broadcast_shapes(mu.shape, v.shape, b.shape) else \
-            torch.addcmul(mu, v, b)
-    elif mu.shape == torch.broadcast_shapes(mu.shape, v.shape):
-        mu = mu.add_(v, alpha=b)
-    else:
-        mu = torch.add(mu, v, alpha=b)
-    return mu
+        in_place = tuple(mu.shape) == broadcast_shape(mu.shape, v.shape, b.shape)
+        return mu.addcmul_(v, b) if in_place else torch.addcmul(mu, v, b)
+    in_place = tuple(mu.shape) == broadcast_shape(mu.shape, v.shape)
+    return mu.add_(v, alpha=b) if in_place else torch.add(mu, v, alpha=b)
 
 
 def add_noise(mu: Tensor, noise: Tensor, std: Coefficient) -> Tensor:
@@ -101,8 +111,8 @@ class _SquaredDistance(torch.autograd.Function):
 def squared_distance(target: Tensor, mean: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     """Per-sample Σ (target − mean)² in fp32 over ``dims`` (default: every dim but the first)."""
     target = target.detach()
-    if target.dtype != torch.float32:
-        target = target.float()
+    if torch.promote_types(target.dtype, mean.dtype) not in (torch.float32, torch.float64):
+        target = target.float()  # the anchors subtract in fp32 at least; a bf16 target with an fp32 mean promotes
     ndim = max(target.dim(), mean.dim())
     dims = tuple(range(1, ndim)) if dims is None else tuple(dims)
     return _SquaredDistance.apply(target, mean, dims)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import ArgumentIndexError, ArgumentTypeError, linear_mean, squared_distance
+from ._common import ArgumentIndexError, ArgumentTypeError, broadcast_shape, linear_mean, squared_distance
 
 
 def flowsde_prob_func(image_latents: Tensor, pred_velocity: Tensor, sigma_input, sigma_target, eta):
@@ -52,7 +52,7 @@ def flowsde_prob_func(image_latents: Tensor, pred_velocity: Tensor, sigma_input,
                                      f"as the anchor (got shapes {tuple(latents.shape)} and "
                                      f"{tuple(mean_next_latents.shape)})")
         sq = squared_distance(latents, mean_next_latents, dims=(1, 2))
-        shape = torch.broadcast_shapes(latents.shape, mean_next_latents.shape)
+        shape = broadcast_shape(latents.shape, mean_next_latents.shape)
         count = shape[1] * shape[2]
         if isinstance(divisor, float):
             return sq * (-1.0 / (count * divisor)) if divisor > 0 else torch.zeros_like(sq)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..ops import flow_step
-from ._common import add_noise, linear_mean, squared_distance, torch_path
+from ._common import add_noise, broadcast_shape, linear_mean, squared_distance, torch_path
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -87,7 +87,7 @@ def flux_step(model_output: Tensor, latents: Tensor, eta: float, sigmas: Tensor,
         x_next = add_noise(mean, noise, std if host else _view(std, latents.dim()))
         prev_sample = x_next.to(out_dtype)
     sq = squared_distance(prev_sample, mean)
-    count = math.prod(torch.broadcast_shapes(prev_sample.shape, mean.shape)[1:])
+    count = math.prod(broadcast_shape(prev_sample.shape, mean.shape)[1:])
     if host:
         log_prob = sq * (-0.5 / (count * std * std)) - (math.log(std) + _LOG_SQRT_2PI)
     else:

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ..ops import flow_step
-from ._common import ArgumentIndexError, add_noise, linear_mean, randn_like_anchor, squared_distance, torch_path
+from ._common import (ArgumentIndexError, add_noise, broadcast_shape, linear_mean, randn_like_anchor, squared_distance,
+                      torch_path)
 
 _FAMILY = {"sde": ("flow_sde", "full"), "cps": ("cps", "cps")}
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -67,21 +68,6 @@ def _host_values(timestep):
     return [timestep]
 
 
-def _step_scalars(sigma: Tensor, sigma_next: Tensor, sigma_1: Tensor, eta: float, sde_type: str):
-    """(a, b, s, std_dev_t, sqrt(−Δ)) per sample, with μ = a·x + b·v and s the std of the noise applied."""
-    dt = sigma_next - sigma
-    sqrt_dt = torch.sqrt(-dt)
-    if sde_type == "sde":
-        one_minus = 1 - torch.where(sigma == 1, sigma_1, sigma)
-        one_minus = torch.where(one_minus > 0, one_minus, 1 - sigma_next)  # finite where the anchor divides by 0
-        h = eta * eta / (2 * one_minus)  # g²/(2σ), without dividing by σ
-        g = torch.sqrt(sigma / one_minus) * eta
-        return 1 + h * dt, (1 + h * (1 - sigma)) * dt, g * sqrt_dt, g, sqrt_dt
-    s = sigma_next * math.sin(eta * math.pi / 2)
-    c = torch.sqrt(torch.clamp(sigma_next * sigma_next - s * s, min=0))
-    return (1 - sigma_next) + c, c * (1 - sigma) - sigma * (1 - sigma_next), s, s, sqrt_dt
-
-
 def sde_step_with_logprob(self, model_output: Tensor, timestep, sample: Tensor, noise_level: float = 0.7,
                           prev_sample: Optional[Tensor] = None, generator=None, sde_type: Optional[str] = "sde",
                           return_sqrt_dt: Optional[bool] = False):
@@ -115,18 +101,27 @@ def sde_step_with_logprob(self, model_output: Tensor, timestep, sample: Tensor, 
     nd = sample.dim()
     device = sample.device
     sigmas = self.sigmas
+    batch = sample.shape[0] if nd else 1
+    view = (-1,) + (1,) * (nd - 1)
     index, found = step_indices(self, timestep, sigmas.device)
-    if found is None:  # host lookups: the step's scalars in fp64 on the host
-        table = sigmas.double()
-        index_t = torch.tensor(index, device=sigmas.device)
-        sigma, sigma_next, sigma_1 = table[index_t], table[index_t + 1], table[1]
+    n = len(index) if found is None else index.numel()
+    if found is None:  # host lookups: the step's scalars in fp64 Python floats, once per distinct index
+        table = sigmas.tolist()
+        per_index = {i: _host_scalars(table[i], table[i + 1], table[1], eta, sde_type) for i in set(index)}
+        a, b, s, g, r = (list(c) for c in zip(*(per_index[i] for i in index)))
+        std_dev_t = torch.tensor(g, dtype=sigmas.dtype, device=sigmas.device).reshape(view)
+        sqrt_dt = torch.tensor(r, dtype=sigmas.dtype, device=sigmas.device).reshape(view)
+        uniform = len(per_index) == 1 and n <= batch
+        sigma = [table[i] for i in index]
+        sigma_next = [table[i + 1] for i in index]
+        if uniform:
+            a, b, s, sigma, sigma_next = a[0], b[0], s[0], sigma[0], sigma_next[0]
     else:
-        sigma, sigma_next, sigma_1 = sigmas[index], sigmas[index + 1], sigmas[1]
+        sigma, sigma_next = sigmas[index], sigmas[index + 1]
         nan = torch.full_like(sigma, float("nan"))
         sigma, sigma_next = torch.where(found, sigma, nan), torch.where(found, sigma_next, nan)
-    a, b, s, std_dev_t, sqrt_dt = _step_scalars(sigma, sigma_next, sigma_1, eta, sde_type)
-    n = sigma.numel()
-    batch = sample.shape[0] if nd else 1
+        a, b, s, std_dev_t, sqrt_dt = _step_scalars(sigma, sigma_next, sigmas[1], eta, sde_type)
+        std_dev_t, sqrt_dt = std_dev_t.reshape(view), sqrt_dt.reshape(view)
     if prev_sample is not None:
         prev_sample = prev_sample.float()
 
@@ -138,48 +133,84 @@ def sde_step_with_logprob(self, model_output: Tensor, timestep, sample: Tensor, 
             noise = randn_like_anchor(model_output.shape, generator, model_output.device, torch.float32)
         v = model_output if model_output.dtype != torch.float64 else model_output.float()
         x = sample if sample.dtype != torch.float64 else sample.float()
-        out = flow_step(v, x, sigma.to(device, torch.float32), sigma_next.to(device, torch.float32), eta,
-                        family=family, logprob=logprob, noise=noise, x_next=prev_sample, return_mean=True)
+        out = flow_step(v, x, _on(sigma, device), _on(sigma_next, device), eta, family=family, logprob=logprob,
+                        noise=noise, x_next=prev_sample, return_mean=True)
         x_next, log_prob, mean = out.x_next, out.log_prob, out.mean
     else:
-        uniform = n <= batch
-        a, b, s_applied = (_coefficient(t, nd, device, uniform) for t in (a, b, s))
+        a, b, s_applied = (c if isinstance(c, float) else _on(c, device).reshape(view) for c in (a, b, s))
         mean = linear_mean(sample, model_output, a, b)
         x_next = prev_sample
         if x_next is None:
             noise = randn_like_anchor(model_output.shape, generator, model_output.device, torch.float32)
             x_next = add_noise(mean, noise, s_applied)
         sq = squared_distance(x_next, mean)
-        count = math.prod(torch.broadcast_shapes(x_next.shape, mean.shape)[1:])
+        count = math.prod(broadcast_shape(x_next.shape, mean.shape)[1:])
         log_prob = _log_prob(sq, count, s, sde_type)
 
-    view = (-1,) + (1,) * (nd - 1)
-    std_dev_t = std_dev_t.to(sigmas.dtype).reshape(view)
     result = (x_next, log_prob, mean, std_dev_t)
-    if return_sqrt_dt:
-        result += (sqrt_dt.to(sigmas.dtype).reshape(view),)
-    return result
+    return result + (sqrt_dt,) if return_sqrt_dt else result
 
 
-def _coefficient(t: Tensor, nd: int, device: torch.device, uniform: bool):
-    """A step scalar for the PyTorch path: a Python float when one value serves the whole batch (host tensors
-    only: no device sync), else an fp32 (n, 1, …) tensor on ``device``."""
-    if uniform and t.device.type == "cpu" and (t.numel() == 1 or bool((t == t[0]).all())):
-        return float(t[0])
-    return t.to(device, torch.float32).reshape(-1, *([1] * (nd - 1)))
+def _host_scalars(sigma: float, sigma_next: float, sigma_1: float, eta: float, sde_type: str):
+    """(a, b, s, std_dev_t, sqrt(−Δ)) of one step in fp64, μ = a·x + b·v, s the std of the noise applied."""
+    dt = sigma_next - sigma
+    sqrt_dt = math.sqrt(-dt) if dt <= 0 else math.nan
+    if sde_type == "sde":
+        one_minus = 1 - (sigma_1 if sigma == 1 else sigma)
+        if not one_minus > 0:  # the anchor divides by 0: finite here, as 1 − σ'
+            one_minus = 1 - sigma_next
+        if not one_minus > 0:
+            return (math.nan,) * 4 + (sqrt_dt,)
+        h = eta * eta / (2 * one_minus)  # g²/(2σ), without dividing by σ
+        g = math.sqrt(sigma / one_minus) * eta if sigma >= 0 else math.nan
+        return 1 + h * dt, (1 + h * (1 - sigma)) * dt, g * sqrt_dt, g, sqrt_dt
+    s = sigma_next * math.sin(eta * math.pi / 2)
+    c = math.sqrt(max(sigma_next * sigma_next - s * s, 0.0))
+    return (1 - sigma_next) + c, c * (1 - sigma) - sigma * (1 - sigma_next), s, s, sqrt_dt
 
 
-def _log_prob(sq: Tensor, count: int, s: Tensor, sde_type: str) -> Tensor:
-    """Per-sample mean log-density from Σ(x'−μ)² over ``count`` elements per sample; s: (n,) noise std per
-    sample. 0 where s = 0 (the anchor: NaN); a negative s (negative noise level) counts as |s|."""
+def _step_scalars(sigma: Tensor, sigma_next: Tensor, sigma_1: Tensor, eta: float, sde_type: str):
+    """``_host_scalars`` for (n,) device tensors (no host sync)."""
+    dt = sigma_next - sigma
+    sqrt_dt = torch.sqrt(-dt)
+    if sde_type == "sde":
+        one_minus = 1 - torch.where(sigma == 1, sigma_1, sigma)
+        one_minus = torch.where(one_minus > 0, one_minus, 1 - sigma_next)
+        h = eta * eta / (2 * one_minus)
+        g = torch.sqrt(sigma / one_minus) * eta
+        return 1 + h * dt, (1 + h * (1 - sigma)) * dt, g * sqrt_dt, g, sqrt_dt
+    s = sigma_next * math.sin(eta * math.pi / 2)
+    c = torch.sqrt(torch.clamp(sigma_next * sigma_next - s * s, min=0))
+    return (1 - sigma_next) + c, c * (1 - sigma) - sigma * (1 - sigma_next), s, s, sqrt_dt
+
+
+def _on(value, device: torch.device):
+    """A step scalar for the kernels: a float stays a float; a list or tensor becomes an fp32 tensor on device."""
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Tensor):
+        return value.to(device, torch.float32)
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def _log_prob(sq: Tensor, count: int, s, sde_type: str) -> Tensor:
+    """Per-sample mean log-density from Σ(x'−μ)² over ``count`` elements per sample; s: the noise std, a float
+    (one for the batch), a list of floats or an (n,) device tensor. 0 where s = 0 (the anchor: NaN); a negative s
+    (negative noise level) counts as |s|."""
     if sde_type == "cps":
         return sq * (-1.0 / count)
-    s = s.reshape(-1).abs().to(sq.device)
+    if isinstance(s, (float, list)):
+        pairs = [(-0.5 / (count * si * si), -math.log(abs(si)) - _LOG_SQRT_2PI) if si != 0 else (0.0, 0.0)
+                 for si in ([s] if isinstance(s, float) else s)]
+        if len(pairs) == 1:
+            return sq * pairs[0][0] + pairs[0][1]
+        scale, offset = torch.tensor(pairs, dtype=torch.float32, device=sq.device).unbind(1)
+        return sq * scale + offset
+    s = s.reshape(-1).abs()
     positive = s > 0
     safe = torch.where(positive, s, torch.ones_like(s))
-    scale = ((-0.5 / count) / (safe * safe)).to(torch.float32)
-    offset = (-torch.log(safe) - _LOG_SQRT_2PI).to(torch.float32)
-    return torch.where(positive, sq * scale + offset, torch.zeros_like(sq))
+    lp = sq * ((-0.5 / count) / (safe * safe)) + (-torch.log(safe) - _LOG_SQRT_2PI)
+    return torch.where(positive, lp, torch.zeros_like(lp))
 
 
 class PerPromptStatTracker:
