@@ -1,13 +1,11 @@
 """Compat shims against the anchors' functions written out in fp64 (tests/anchor_math.py, which names the anchor
 commit each was checked against): values, shapes, dtypes, RNG use and gradients, on both paths."""
-import types
-
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 import anchor_math
-from fastgrpo.compat import adagrpo, dance_grpo, mix_grpo
+from fastgrpo.compat import adagrpo, dance_grpo
 from fastgrpo.compat.flow_grpo import sde_step_with_logprob
 from helpers import shifted_sigmas
 
@@ -239,58 +237,6 @@ def test_dance_flux_step_rejects_like_the_anchor():
         dance_grpo.flux_step(v, x, 0.5, sigmas.flip(0), 2, None, True, True)
     mean, _ = dance_grpo.flux_step(v, x, 0.0, sigmas, 2, None, False, True)  # accepted without grpo
     torch.testing.assert_close(mean, x + (sigmas[3] - sigmas[2]) * v)
-
-
-@pytest.mark.parametrize("determistic", [False, True])
-def test_mix_flow_grpo_step_matches_anchor(determistic):
-    sigmas = shifted_sigmas(25)
-    v, x = torch.randn(2, 64, 16), torch.randn(2, 64, 16)
-    gen = torch.Generator().manual_seed(9)
-    prev, x0, lp, mean, std = mix_grpo.flow_grpo_step(v, x, 0.7, sigmas, 2, None, generator=gen,
-                                                      determistic=determistic)
-    noise = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(9))
-    s, sn = sigmas[2].repeat(2), sigmas[3].repeat(2)
-    euler = x + (sn[0] - s[0]) * v
-    want = anchor_math.flow_grpo_sde(v, x, s, sn, 0.7, noise=None if determistic else noise,
-                                     x_next=euler if determistic else None)
-    torch.testing.assert_close(prev.double(), want[0], **F32)
-    torch.testing.assert_close(lp.double(), want[1], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(mean.double(), want[2], **F32)
-    torch.testing.assert_close(std.double(), (want[3] * want[4]).reshape(-1)[0], **F32)
-    torch.testing.assert_close(x0, x - sigmas[2] * v)
-    with pytest.raises(ValueError, match="generator"):
-        mix_grpo.flow_grpo_step(v, x, 0.7, sigmas, 2, prev, generator=gen)
-
-
-def test_mix_dpm_step_flash_schedule_matches_formula():
-    """A Flash-style run: window steps feed the history, then DPM-Solver++ 2M to σ = 0, against the formula."""
-    sigmas = shifted_sigmas(8)
-    args = types.SimpleNamespace(dpm_algorithm_type="dpmsolver++", dpm_solver_order=2, dpm_solver_type="midpoint")
-    state = mix_grpo.DPMState(order=2)
-    x = torch.randn(2, 4, 5)
-    x_ref = x.double()
-    hist = []
-    for i in range(8):
-        v = torch.randn(2, 4, 5)
-        x, x0, lp = mix_grpo.dpm_step(args, v, x, i, sigmas[:-1], sigmas, dpm_state=state)
-        s, sn = sigmas[i].item(), sigmas[i + 1].item()
-        d_a = x_ref - s * v.double()
-        second = i >= 1 and i != 7
-        x_ref = anchor_math.dpm_pp_2m(x_ref, d_a, s, sn, hist[-1] if second else None,
-                                      sigmas[i - 1].item() if second else None)
-        hist.append(d_a)
-        torch.testing.assert_close(x.double(), x_ref, rtol=1e-4, atol=1e-4)
-        assert torch.isfinite(lp).all()
-    assert state.lower_order_nums == 2
-
-
-def test_mix_dpm_step_rejects_unsupported_settings():
-    sigmas = shifted_sigmas(4)
-    v = torch.randn(1, 2, 3)
-    for attr, value in [("dpm_algorithm_type", "dpmsolver"), ("dpm_solver_order", 3), ("dpm_solver_type", "heun")]:
-        args = types.SimpleNamespace(**{attr: value})
-        with pytest.raises(ValueError, match=attr):
-            mix_grpo.dpm_step(args, v, v, 0, sigmas[:-1], sigmas, dpm_state=mix_grpo.DPMState(2))
 
 
 # AdaGRPO: flowsde_prob_func vs anchor_math.adagrpo_flowsde, checked against Bujiazi/GRPO-Series@c4028f9
