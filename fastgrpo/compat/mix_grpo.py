@@ -197,11 +197,15 @@ def _combine(terms) -> Tensor:
 
 
 def _add_scaled_noise(mean: Tensor, noise: Tensor, std, owned: bool) -> Tensor:
-    """mean + std·noise, reusing ``noise``'s buffer when this call drew it."""
+    """mean + std·noise in one pass, written into ``noise``'s buffer when it is this call's own (drawn here or
+    upcast here) and autograd does not need a fresh output."""
     eps = noise.to(mean.dtype)
-    if owned or eps is not noise:
-        return eps.mul_(std).add_(mean)
-    return torch.add(mean, torch.mul(eps, std))
+    reuse = ((owned or eps is not noise) and eps.shape == mean.shape
+             and not (mean.requires_grad and torch.is_grad_enabled()))
+    out = {"out": eps} if reuse else {}
+    if isinstance(std, Tensor):
+        return torch.addcmul(mean, eps, std, **out)
+    return torch.add(mean, eps, alpha=std, **out)
 
 
 def _log_prob(x_stored: Tensor, mean: Tensor, k, c, dtype: torch.dtype) -> Tensor:
