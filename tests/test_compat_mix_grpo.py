@@ -331,6 +331,27 @@ def test_dpm_step_without_state_is_first_order_and_tensor_index_works():
         torch.testing.assert_close(lp.double(), oracle.gaussian_log_prob(prev, want_mean, want_std), **FP32)
 
 
+def test_dpm_step_global_rng_and_ignored_variance_noise():
+    """SDE without a generator draws fp32 ε from torch's global RNG; on the ODE path variance_noise is unused."""
+    sigmas = shifted_sigmas(16)
+    x, v = torch.randn(2, 64, 16), torch.randn(2, 64, 16).bfloat16()
+    args = _args("dpmsolver++", 2)
+    torch.manual_seed(11)
+    prev, _, lp = dpm_step(args, v, x, 4, sigmas[:-1], sigmas, sde_solver=True)
+    after = torch.get_rng_state()
+    torch.manual_seed(11)
+    noise = randn_tensor(x.shape, dtype=torch.float32)
+    assert torch.equal(after, torch.get_rng_state())
+    want_x, _, mean, std = oracle.DPMRun("dpmsolver++", 2, "midpoint", sigmas, 16, state=False).step(
+        v, x, 4, sde=True, noise=noise)
+    _close(prev, want_x, torch.float32)
+    torch.testing.assert_close(lp.double(), oracle.gaussian_log_prob(prev, mean, std), **FP32)
+    ode = dpm_step(args, v, x, 4, sigmas[:-1], sigmas)
+    with_noise = dpm_step(args, v, x, 4, sigmas[:-1], sigmas, variance_noise=torch.randn(2, 64, 16))
+    for a, b in zip(ode, with_noise):
+        assert torch.equal(a, b)
+
+
 def test_dpm_step_rejects_what_the_anchor_rejects():
     sigmas = shifted_sigmas(8)
     x = torch.randn(2, 4, 5)

@@ -271,8 +271,9 @@ def flow_grpo_step(model_output: Tensor, latents: Tensor, eta: float, sigmas: Te
     with np.errstate(all="ignore"):
         a, b, std, delta = _flow_scalars(xp, sigma, sigma_next, sigma_1, float(eta))
         k, c = _log_prob_scalars(xp, std)
-    std_out = (torch.tensor(float(std), dtype=sigmas.dtype, device=device) if host
-               else std.to(device=device, dtype=sigmas.dtype)).reshape(index_shape)
+    # a fill, not a host→device copy, for a host schedule
+    std_out = (torch.full(index_shape, float(std), dtype=sigmas.dtype, device=device) if host
+               else std.to(device=device, dtype=sigmas.dtype).reshape(index_shape))
     sigma, a, b, std, delta, k, c = _finish((sigma, a, b, std, delta, k, c), host, device)
 
     dtype = torch.promote_types(latents.dtype, model_output.dtype)
