@@ -43,10 +43,6 @@ def schedule_value(sigmas: Tensor, index: int, device: torch.device) -> Union[fl
     return value
 
 
-def per_sample_view(t: Tensor, ndim: int) -> Tensor:
-    return t.reshape(-1, *([1] * (ndim - 1)))
-
-
 def torch_path(device: torch.device) -> bool:
     """True where ``flow_step`` would run its PyTorch path (CPU without the Triton interpreter, or
     ``FASTGRPO_BACKEND=torch``): the shims then take the fast PyTorch path below instead."""
@@ -116,10 +112,3 @@ def squared_distance(target: Tensor, mean: Tensor, dims: Sequence[int] | None = 
     ndim = max(target.dim(), mean.dim())
     dims = tuple(range(1, ndim)) if dims is None else tuple(dims)
     return _SquaredDistance.apply(target, mean, dims)
-
-
-def numel_over(shape: Sequence[int], dims: Sequence[int]) -> int:
-    count = 1
-    for d in dims:
-        count *= shape[d]
-    return count

@@ -87,13 +87,15 @@ def sde_step_with_logprob(self, model_output: Tensor, timestep, sample: Tensor, 
     ``prev_sample.float()``.
 
     Differences, all deliberate: log_prob is finite where the anchor's is NaN (0 at ``noise_level=0``; with a
-    negative noise level, the density of |s|); ``timestep`` may also be a scalar (the anchor iterates over it and
-    raises a TypeError), giving n = 1; an unknown ``sde_type`` raises a ValueError (the anchor an
-    UnboundLocalError); on device tensors a timestep missing from the schedule gives NaN results instead of the
-    anchor's IndexError (that check would be a host sync), on the host it raises an IndexError that is also a
-    ValueError. σ is looked up once for the batch (the anchor calls ``index_for_timestep(t)`` and ``.item()`` per
-    sample: a host sync each). The mean, the log-prob's sum of squares and the sample run fused on CUDA (Triton)
-    and in three passes plus a norm on the PyTorch path.
+    negative noise level, the density of |s|; 1 − σ' where the anchor divides by 1 − σ_1 = 0); the step's scalars
+    are evaluated in fp64 on the host (the anchor: fp32 tensors; a few fp32 ulps apart); ``timestep`` may also be a
+    scalar (the anchor iterates over it: TypeError), giving n = 1; an unknown ``sde_type`` raises a ValueError
+    (the anchor an UnboundLocalError); a timestep missing from the schedule raises, on the host, an IndexError
+    that is also a ValueError, and gives NaN results on a device (the anchor's check is a host sync per sample);
+    on the fused CUDA path the sampled prev_sample carries no gradient (the anchor's does, through the mean;
+    rollouts run under no_grad). σ is looked up once per distinct timestep (the anchor calls
+    ``index_for_timestep(t)`` and ``.item()`` per sample); the mean, sample and log-prob run fused on CUDA
+    (Triton) and in four passes plus a norm on the PyTorch path.
     """
     if sde_type not in _FAMILY:
         raise ValueError(f"sde_type must be 'sde' or 'cps', got {sde_type!r}")
