@@ -9,7 +9,8 @@ Checked against:
   @94e23ee5405ab7241fc1f75d30cac8147e2b1f53 flow_grpo/stat_tracking.py (PerPromptStatTracker);
 - DanceGRPO XueZeyue/DanceGRPO@15cc71d53cc2e6e18a68ee607d5fb6ba9a99e344, fastvideo/train_grpo_flux.py (flux_step);
 - AdaGRPO Bujiazi/GRPO-Series@c4028f945f5a13e1e9c7d0674265149311359ae1, utils/utilities.py (flowsde_std,
-  flowsde_prob_func, compute_relative_adv) and src/method_adagrpo.py (compute_ema_adv).
+  flowsde_prob_func, compute_relative_adv) and src/method_adagrpo.py (compute_ema_adv);
+- ``dpm_pp_2m``: METHODS §1's DPM-Solver++ 2M in flow form (used by tests/test_dpm_solver.py).
 """
 from __future__ import annotations
 
@@ -55,39 +56,6 @@ def flow_grpo_step(sigmas, timesteps, v, t, x, noise_level, noise=None, prev_sam
     else:
         elem = -((prev_sample - mean) ** 2)
     return prev_sample, elem.mean(tuple(range(1, elem.dim()))), mean, std_dev_t, torch.sqrt(-dt)
-
-
-def flow_grpo_sde(v, x, sigma, sigma_next, eta, noise=None, x_next=None, sigma_1=None):
-    """Flow-GRPO's ``sde`` formulas with σ, σ' given per sample ((B,) tensors): returns x', log p (B,), μ, g
-    (std_dev_t) and sqrt(−Δ), fp64. ``sigma_1`` replaces σ in 1 − σ where σ = 1 (Flow-GRPO: sigmas[1]); None uses
-    σ' there (AdaGRPO's rule; the same number at a schedule's first step)."""
-    v, x = v.double(), x.double()
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    s, sn = sigma.double().reshape(shape), sigma_next.double().reshape(shape)
-    sigma_1 = sn if sigma_1 is None else sigma_1
-    g = eta * torch.sqrt(s / (1 - torch.where(s == 1, sigma_1, s)))
-    dt = sn - s
-    mu = x * (1 + g**2 / (2 * s) * dt) + v * (1 + g**2 * (1 - s) / (2 * s)) * dt
-    std = g * torch.sqrt(-dt)
-    if x_next is None:
-        x_next = mu + std * noise.double()
-    x_next = x_next.double()
-    lp = -((x_next - mu) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI
-    return x_next, lp.mean(tuple(range(1, x.dim()))), mu, g, torch.sqrt(-dt)
-
-
-def cps(v, x, sigma, sigma_next, eta, noise=None, x_next=None):
-    """Flow-GRPO's ``cps`` formulas with σ, σ' per sample: returns x', log p = mean(−(x'−μ)²), μ, std."""
-    v, x = v.double(), x.double()
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    s, sn = sigma.double().reshape(shape), sigma_next.double().reshape(shape)
-    std = sn * math.sin(eta * math.pi / 2)
-    x0, x1 = x - s * v, x + v * (1 - s)
-    mu = x0 * (1 - sn) + x1 * torch.sqrt(sn**2 - std**2)
-    if x_next is None:
-        x_next = mu + std * noise.double()
-    x_next = x_next.double()
-    return x_next, (-((x_next - mu) ** 2)).mean(tuple(range(1, x.dim()))), mu, std
 
 
 def dance_flux_step(v, x, eta, sigmas, index, noise=None, prev_sample=None, grpo=True, sde_solver=True,

@@ -9,9 +9,6 @@ from fastgrpo.compat import adagrpo, dance_grpo
 from fastgrpo.compat.flow_grpo import sde_step_with_logprob
 from helpers import shifted_sigmas
 
-F32 = dict(rtol=1e-5, atol=1e-5)
-
-
 def _scheduler(steps=10, shift=3.0):
     s = FlowMatchEulerDiscreteScheduler(shift=shift)
     s.set_timesteps(steps)
