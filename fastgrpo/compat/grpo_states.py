@@ -32,7 +32,8 @@ class GRPOTrainingStates:
     after each update l > max_timesteps clips to max_timesteps, or with ``roll_back`` returns to the initial l
     (l = max_timesteps itself is kept: an empty window).
     random: each update draws l = ``np.random.default_rng(seed).integers(0, max_timesteps − w + 1)``.
-    An unknown ``sample_strategy`` raises ValueError on the first update.
+    An unknown ``sample_strategy`` raises ValueError on the first update. No deliberate differences.
+    Anchor: Tencent-Hunyuan/MixGRPO@e5cdd6a427778d8c8b2e7a48ce16972141adbe7c fastvideo/utils/grpo_states.py.
     """
 
     iters_per_group: int

@@ -252,7 +252,8 @@ def flow_grpo_step(model_output: Tensor, latents: Tensor, eta: float, sigmas: Te
     σ's shape (0-dim for an int index) in the schedule's dtype on the model output's device; the others in the
     latents'/model output's promoted dtype (a given ``prev_sample`` is returned as is). Deliberate differences
     (module docstring): fp32 math; log p = 0 where s = 0 (η = 0) and |s| in the log where η < 0, where the
-    anchor's is NaN; μ finite at σ = 0.
+    anchor's is NaN; μ finite at σ = 0; one σ per call (an index of one element).
+    Anchor: Tencent-Hunyuan/MixGRPO@e5cdd6a427778d8c8b2e7a48ce16972141adbe7c fastvideo/utils/sampling_utils.py.
     """
     if prev_sample is not None and generator is not None:
         raise ValueError("Cannot pass both generator and prev_sample. Please make sure that either `generator` or"
@@ -296,7 +297,8 @@ def flow_grpo_step(model_output: Tensor, latents: Tensor, eta: float, sigmas: Te
 class DPMState:
     """History of x̂0 predictions for the multistep solver: ``model_outputs`` holds ``order`` slots, newest last
     (None until filled); ``update`` shifts it in place; ``lower_order_nums`` counts updates up to ``order`` (a class
-    attribute until first incremented, as the anchor's)."""
+    attribute until first incremented, as the anchor's). No deliberate differences.
+    Anchor: Tencent-Hunyuan/MixGRPO@e5cdd6a427778d8c8b2e7a48ce16972141adbe7c fastvideo/utils/sampling_utils.py."""
 
     order: int
     model_outputs: List[Optional[Tensor]] = None
@@ -334,7 +336,9 @@ def dpm_step(args, model_output: Tensor, sample: Tensor, step_index: int, timest
 
     Returns ``(prev_sample, x̂0, log_prob (B,))``: x' and x̂0 in the promoted dtype of sample and model output,
     log_prob in fp32 (fp64 for fp64 inputs). Deliberate differences (module docstring): fp32 math; log p = 0 into
-    σ = 0 (std 0), where the anchor's is NaN; DPM-Solver finite into σ = 0.
+    σ = 0 (std 0), where the anchor's is NaN; DPM-Solver finite into σ = 0; one σ per call (an index of one
+    element). Anchor: Tencent-Hunyuan/MixGRPO@e5cdd6a427778d8c8b2e7a48ce16972141adbe7c
+    fastvideo/utils/sampling_utils.py.
     """
     _check_latent("model_output", model_output)
     _check_latent("sample", sample)
