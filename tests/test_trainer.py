@@ -1,5 +1,6 @@
 """The trainer on the embedded world: exact first ratio, bit-exact resume, atomic checkpoints, config handling,
 window schedules, and the CLI."""
+import json
 import math
 import os
 import signal
@@ -137,15 +138,30 @@ def test_cli_trains_two_iterations_and_stops_cleanly_on_sigterm(tmp_path):
     assert (tmp_path / "cli" / "reward_curve.png").is_file() and (tmp_path / "cli" / "latest").is_file()
     assert any((tmp_path / "cli" / "tensorboard").glob("events.out.tfevents.*"))
     cmd = [sys.executable, "-m", "fastgrpo.cli", "train", *TINY, "iterations=1000", f"out_dir={tmp_path / 'term'}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (tmp_path / "term" / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 0
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _training_logged(tmp_path / "term" / "metrics.jsonl", proc, timeout=300), "no iteration was logged"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     weights, state = ckpt.load(tmp_path / "term")
     assert 0 < state["iteration"] < 1000 and weights
+    logged = [json.loads(line)["iteration"] for line in (tmp_path / "term" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(state["iteration"] + 1))  # the initial evaluation, then each iteration once
+
+
+def _training_logged(metrics, proc, timeout: float) -> bool:
+    """Wait until the run has logged a training iteration: its signal handlers are installed by then (a fixed sleep
+    raced them on a loaded machine). Only complete lines are read: the file is being appended to."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = metrics.read_text().splitlines(keepends=True) if metrics.is_file() else []
+        if any(line.endswith("\n") and json.loads(line)["iteration"] >= 1 for line in lines):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _ddp_worker(rank, world, init, out_dir, result, kind="ddp"):

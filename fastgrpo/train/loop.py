@@ -76,6 +76,8 @@ class Trainer:
         self.iteration = 0
         self.history: list[dict] = []
         self.nonfinite_in_a_row = 0
+        self._saved_at: int | None = None
+        """The iteration of the last checkpoint this trainer wrote or resumed from (a finished run is saved once)."""
         self.out = Path(config.out_dir)
         self.train_prompts = self.task.train
         if len(self.train_prompts) < config.adagrpo.candidates:
@@ -118,6 +120,7 @@ class Trainer:
         self.tracker.load_state_dict(state["tracker"])
         self.iteration = state["iteration"]
         self.history = state["history"]
+        self._saved_at = self.iteration
 
     def _weights(self) -> dict:
         """What a checkpoint holds: the LoRA adapter under LoRA, the whole transformer otherwise (gathered from
@@ -129,6 +132,7 @@ class Trainer:
         path = checkpoint.save(self.out, self.iteration, weights, state) if self.rank == 0 else None
         if self.world_size > 1:
             torch.distributed.barrier()
+        self._saved_at = self.iteration
         return path
 
     # ---- pieces --------------------------------------------------------------------------------------------
@@ -169,7 +173,7 @@ class Trainer:
             images = torch.cat(images)
             out.update({f"eval_{name}_{k}": v for k, v in self.task.metrics(images, prompts).items()})
             if name == "train":
-                self._last_eval_images = images[:32]
+                self._last_eval_images, self._last_eval_prompts = images[:32], prompts.texts[:32]
         self.model.train()
         return out
 
@@ -292,11 +296,13 @@ class Trainer:
                 clipfrac.append(out.clipfrac)
                 losses.append(total.detach())
         loss = torch.stack(losses).mean()
-        if self._any_rank(~torch.isfinite(loss)):
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._nonfinite("loss")
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.trained.parameters() if p.requires_grad],
                                                    opt_cfg.grad_clip)
+        # a finite loss can still carry an inf/NaN gradient (an overflow in the backward) that the clip would spread
+        # to every weight: both are checked, in one read-back, before the update
+        bad = self._first_nonfinite({"loss": loss, "grad_norm": grad_norm})
+        if bad is not None:
+            return self._nonfinite(bad)
         self.optimizer.step()
         self.nonfinite_in_a_row = 0
         t_update = self._clock()
@@ -392,6 +398,15 @@ class Trainer:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
+    def _first_nonfinite(self, values: dict[str, torch.Tensor]) -> str | None:
+        """The first name whose scalar is non-finite on any rank: one flag vector, one all-reduce, one read."""
+        # FSDP2's grad norm is a DTensor: its full value (a collective every rank makes) joins the plain flags
+        scalars = [v.full_tensor() if hasattr(v, "full_tensor") else v for v in values.values()]
+        flags = torch.stack([~torch.isfinite(v.detach().reshape(())) for v in scalars]).to(torch.float32)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return next((name for name, hit in zip(values, flags.tolist()) if hit), None)
+
     def _nonfinite(self, what: str) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row += 1
@@ -413,13 +428,18 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
-            self._writer = _tensorboard(self.out / "tensorboard")
+            # the log restarts from the checkpoint's history: iterations a killed run logged after its last save are
+            # run again on resume and would otherwise appear twice
+            report.write_jsonl(self.out / "metrics.jsonl", self.history)
+            self._writer = _tensorboard(self.out / "tensorboard",
+                                        purge_step=self.history[-1]["iteration"] + 1 if self.history else 0)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             from tqdm import tqdm
             bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not progress, desc="fastgrpo train")
-            # evaluation runs on rank 0; under FSDP on every rank (the forward gathers shards from all of them)
-            evaluates = main or (self.world_size > 1 and cfg.distributed == "fsdp")
+            # evaluation runs on rank 0; under FSDP on every rank (the forward gathers shards from all of them);
+            # eval_every=0: never
+            evaluates = cfg.eval_every > 0 and (main or (self.world_size > 1 and cfg.distributed == "fsdp"))
             if evaluates and self.iteration == 0 and not any("eval_train_reward" in h for h in self.history):
                 first = {"iteration": 0, **self.evaluate()}
                 if main:
@@ -434,13 +454,14 @@ class Trainer:
                     self._log(record)
                 bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.3f}")
                 bar.update(1)
-                if self.iteration % cfg.checkpoint_every == 0:
+                if cfg.checkpoint_every > 0 and self.iteration % cfg.checkpoint_every == 0:  # 0: only at the end
                     self.save()
             bar.close()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self.save()
+        if self._saved_at != self.iteration:
+            self.save()
         if main:
             if self._writer is not None:
                 self._writer.close()
@@ -457,7 +478,8 @@ class Trainer:
         if "eval_train_reward" in record:
             evals = [h for h in self.history if "eval_train_reward" in h]
             report.save_curve(evals, self._eval_keys(record), self.out / "reward_curve.png")
-            report.save_grid(self._last_eval_images, self.out / f"samples_{record['iteration']:05d}.png")
+            report.save_grid(self._last_eval_images, self.out / f"samples_{record['iteration']:05d}.png",
+                             prompts=self._last_eval_prompts)
 
     @staticmethod
     def _eval_keys(record: dict) -> list[str]:
@@ -479,13 +501,14 @@ class Trainer:
         print(f"outputs in {self.out}")
 
 
-def _tensorboard(folder: Path):
-    """TensorBoard scalars when tensorboard is installed (the ``train`` extra); metrics.jsonl always."""
+def _tensorboard(folder: Path, purge_step: int):
+    """TensorBoard scalars when tensorboard is installed (the ``train`` extra); metrics.jsonl always. Events from
+    ``purge_step`` on (a killed run's, redone after resume) are hidden, as metrics.jsonl drops them."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder))
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> list[dict]:

@@ -12,7 +12,7 @@ def render_run(run_dir: str, out: str) -> Path:
     config = load_config(str(Path(run_dir) / "config.yaml"))
     trainer = Trainer(config, resume=run_dir)
     trainer.evaluate()
-    report.save_grid(trainer._last_eval_images, Path(out))
+    report.save_grid(trainer._last_eval_images, Path(out), prompts=trainer._last_eval_prompts)
     print(f"wrote {out} (iteration {trainer.iteration})")
     return Path(out)
 
