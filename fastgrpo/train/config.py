@@ -230,8 +230,8 @@ class OptimConfig:
     adv_eps: float = 1e-8
     """ε in (r − mean)/(std + ε): 1e-8 (DanceGRPO, MixGRPO, AdaGRPO) or 1e-4 (Flow-GRPO)."""
     max_nonfinite: int = 3
-    """Iterations in a row with a non-finite reward or loss (each skipped, its update dropped) before the run
-    stops with an error."""
+    """Iterations in a row with a non-finite reward, loss or gradient norm (each skipped, its update dropped)
+    before the run stops with an error."""
     kl_beta: float = 0.0
     """β of Flow-GRPO's KL, mean((μ − μ_ref)²)/(2g²), to the initial model (0: no reference model kept)."""
 
@@ -262,7 +262,8 @@ class TrainConfig:
     eval_every: int = 10
     """Iterations between evaluations (0 = never evaluate)."""
     checkpoint_every: int = 10
-    """Iterations between checkpoints (0 = never checkpoint)."""
+    """Iterations between checkpoints (0 = none during the run; the end of a run, or a stop on SIGTERM, always
+    saves once)."""
     out_dir: str = "runs/default"
     device: str = "cpu"
     distributed: str = "ddp"

@@ -1,6 +1,6 @@
 """The embedded default world: a tiny SD3-class text-to-image flow model of coloured shapes that trains on a
 2-core CPU in minutes, offline. Its pretrained weights ship in ``fastgrpo/world/weights/world.safetensors`` and
-are reproduced by ``fastgrpo pretrain-world``."""
+are reproduced by ``fastgrpo pretrain-world --replace-shipped`` (or ``--out FILE`` for a copy of your own)."""
 from __future__ import annotations
 
 import os
@@ -41,7 +41,8 @@ class World:
 
         path = Path(path) if path is not None else WEIGHTS
         if not path.is_file():
-            raise FileNotFoundError(f"world weights not found at {path}; build them with `fastgrpo pretrain-world`")
+            raise FileNotFoundError(f"world weights not found at {path}; build them with `fastgrpo pretrain-world --out "
+                                    f"{path}` (or `--replace-shipped` for the packaged file)")
         state = load_file(str(path))
         world = cls(device)
         for name, module in (("transformer", world.transformer), ("text_encoder", world.text_encoder)):
