@@ -35,14 +35,6 @@ def randn_like_anchor(shape, generator, device, dtype) -> Tensor:
     return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
 
-def schedule_value(sigmas: Tensor, index: int, device: torch.device) -> Union[float, Tensor]:
-    """σ at ``index``: a float when the schedule is on the host (no device copy or sync), else a device tensor."""
-    value = sigmas[index]
-    if isinstance(value, Tensor) and value.device.type == "cpu" and device.type != "cpu":
-        return float(value)
-    return value
-
-
 def torch_path(device: torch.device) -> bool:
     """True where ``flow_step`` would run its PyTorch path (CPU without the Triton interpreter, or
     ``FASTGRPO_BACKEND=torch``): the shims then take the fast PyTorch path below instead."""
