@@ -3,7 +3,9 @@
 Same model (the embedded shapes world; on CUDA the same loop), MixGRPO's T = 25, same prompts and group size; only
 the stochastic/trained steps differ: ``full_sde`` (SDE and training on 14 of the 25 steps, as DanceGRPO trains
 on FLUX — MixGRPO Table 1's baseline), ``mixgrpo`` (w = 4), ``flash`` (w = 4, then DPM-Solver++ 2M on a grid of
-r = 0.4), ``flash_star`` (r = 0.2). Each runs a warm-up iteration
+r = 0.4), ``flash_star`` (r = 0.2) — both on MixGRPO's own grids (``window.flash_min_steps=1``) — and
+``flash_star_min4``: Flash* with fastgrpo's default minimum of 4 tail steps (3 on r = 0.2's grid), the cost of a
+faithful tail (fastgrpo/train/schedule.py). Each runs a warm-up iteration
 and then ``ITERATIONS`` measured ones (``Trainer.step``, no evaluation or checkpoint); the stages are the loop's
 own timers: select (candidates' ODE anchors + curriculum), rollout, advantage, update (replay + backward + step).
 """
@@ -25,8 +27,12 @@ ITERATIONS = 4
 VARIANTS = {
     "full_sde": ("window.size=14", "window.schedule=frozen", "window.flash=false"),
     "mixgrpo": ("window.size=4", "window.schedule=frozen", "window.flash=false"),
-    "flash": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.4"),
-    "flash_star": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.2"),
+    "flash": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.4",
+              "window.flash_min_steps=1"),
+    "flash_star": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.2",
+                   "window.flash_min_steps=1"),
+    "flash_star_min4": ("window.size=4", "window.schedule=frozen", "window.flash=true", "window.flash_ratio=0.2",
+                        "window.flash_min_steps=4"),
 }
 STAGES = ("t_select", "t_rollout", "t_advantage", "t_update")
 TARGETS = (("mixgrpo", 0.5), ("flash_star", 0.3))

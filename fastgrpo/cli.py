@@ -1,4 +1,4 @@
-"""Command line: ``fastgrpo demo`` | ``fastgrpo bench [name] [--quick] [--out DIR]``."""
+"""Command line: ``fastgrpo train`` | ``eval`` | ``sample`` | ``pretrain-world`` | ``demo`` | ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--out", default=None, help="the .safetensors file to write")
     target.add_argument("--replace-shipped", action="store_true",
                         help="overwrite the weights shipped in the installed package (every run then loads them)")
-    smp = sub.add_parser("sample", help="render a grid of every training prompt from a run's checkpoint")
-    smp.add_argument("run_dir")
+    ev = sub.add_parser("eval", help="reward, its components and exact correctness, mean and 95%% CI over "
+                                     "prompts × fixed noise seeds, of a run, a checkpoint or the shipped weights")
+    ev.add_argument("target", nargs="?", default="pretrained",
+                    help="a run directory (its latest checkpoint), a checkpoint directory (ckpt-*), or 'pretrained' "
+                         "(the shipped world; the default)")
+    ev.add_argument("--seeds", type=int, default=None, help="noise seeds per prompt (default: the run's eval_seeds, 8)")
+    ev.add_argument("--out", default=None, help="also write the results to this JSON file")
+    ev.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    smp = sub.add_parser("sample", help="render a grid of the evaluation prompts from a run, a checkpoint or the "
+                                        "shipped weights")
+    smp.add_argument("run_dir", help="a run directory, a checkpoint directory, or 'pretrained'")
     smp.add_argument("--out", default="samples.png")
     demo = sub.add_parser("demo", help="sample with every step family on an analytic flow; check replay ratios")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -47,9 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         pretrain(WEIGHTS if args.replace_shipped else args.out, steps=args.steps,
                  replace_shipped=args.replace_shipped)
         return 0
+    if args.command == "eval":
+        from .train.evaluate import TargetError, run as evaluate_run
+        if args.seeds is not None and args.seeds < 1:
+            ev.error(f"--seeds must be >= 1, got {args.seeds}")
+        try:
+            evaluate_run(args.target, seeds=args.seeds, out=args.out, device=args.device)
+        except TargetError as error:
+            ev.error(str(error))
+        return 0
     if args.command == "sample":
+        from .train.evaluate import TargetError
         from .train.sample import render_run
-        render_run(args.run_dir, args.out)
+        try:
+            render_run(args.run_dir, args.out)
+        except TargetError as error:
+            smp.error(str(error))
         return 0
     if args.command == "demo":
         from .demo import run

@@ -142,7 +142,11 @@ class WindowConfig:
     """MixGRPO-Flash: after the window, DPM-Solver++ 2M on a coarser grid (the default job; each recipe config
     says whether it uses it)."""
     flash_ratio: float = 0.4
-    """Flash: post-window points n = max(1, int((T − last)·r))."""
+    """Flash: post-window points n = max(1, int((T − last)·r)) (MixGRPO's grid)."""
+    flash_min_steps: int = 4
+    """Flash: at least this many DPM-Solver++ steps after the window (at most the T − end the schedule has left).
+    Fewer scored blurry images: at T = 10 one step kept a within-group reward correlation of 0.53–0.86 with a
+    fine finish, four ≥ 0.93 (fastgrpo/train/schedule.py)."""
     train_fraction: float = 1.0
     """Fraction of the window's SDE steps trained per iteration, drawn at random (DanceGRPO: 0.6 of all steps)."""
 
@@ -153,6 +157,8 @@ class WindowConfig:
             raise ValueError("window.size, window.stride and window.shift_interval must be >= 1")
         if not 0 < self.flash_ratio <= 1:
             raise ValueError(f"window.flash_ratio must be in (0, 1], got {self.flash_ratio}")
+        if self.flash_min_steps < 1:
+            raise ValueError(f"window.flash_min_steps must be >= 1 (a step to σ = 0), got {self.flash_min_steps}")
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"window.train_fraction must be in (0, 1], got {self.train_fraction}")
 
@@ -261,6 +267,11 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 10
     """Iterations between evaluations (0 = never evaluate)."""
+    eval_seeds: int = 8
+    """Noise seeds per evaluation prompt (fixed: every checkpoint sees the same noise, so evaluations pair). One
+    seed gave ±0.06 on the world's training-prompt correctness."""
+    eval_batch: int = 128
+    """Samples per forward in the evaluation (prompts × seeds flattened)."""
     checkpoint_every: int = 10
     """Iterations between checkpoints (0 = none during the run; the end of a run, or a stop on SIGTERM, always
     saves once)."""
@@ -294,6 +305,9 @@ class TrainConfig:
         for key in ("eval_every", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0 (0 = never), got {getattr(self, key)}")
+        for key in ("eval_seeds", "eval_batch"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 def to_dict(config) -> dict:

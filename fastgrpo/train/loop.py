@@ -31,14 +31,16 @@ from ..algorithms import CapabilityTracker, kl_penalty, ppo_clip_loss
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
 from ..models.lora import has_lora
 from ..ops import flow_step, group_advantages
-from . import checkpoint, distributed, report
+from . import checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
 from .branching import branch
 from .rollout import guided_velocity, sample, sample_dpm
 from .schedule import flash_sigmas, sigmas, window
 from .task import Prompts, PromptTask, build_task
 
-EVAL_SEED = 12345
+START_EVAL = "eval_start.pt"
+"""The first evaluation's seed-0 images, prompts, correctness and per-prompt scores (for before_after.png and the
+paired differences of a resumed run)."""
 
 
 def _noise(n: int, shape, seed: int) -> torch.Tensor:
@@ -94,6 +96,11 @@ class Trainer:
         """Synchronise the device at stage boundaries so the stage timers are exact (benchmarks)."""
         self._stop = False
         self._writer = None
+        self.last_eval: evaluation.Evaluation | None = None
+        self._start_eval: dict | None = None
+        self._wall_start = time.perf_counter()
+        self._wall_offset = 0.0
+        """Wall seconds of earlier sessions of a resumed run (``wall_s`` counts from the run's first start)."""
         if resume is not None:
             self._resume(resume)
 
@@ -101,7 +108,8 @@ class Trainer:
     def _state(self) -> dict:
         return {"iteration": self.iteration, "config": to_dict(self.cfg),
                 "optimizer": distributed.optimizer_state(self.trained, self.optimizer),
-                "tracker": self.tracker.state_dict(), "history": self.history}
+                "tracker": self.tracker.state_dict(), "history": self.history,
+                "base": evaluation.base_fingerprint(self.cfg.model)}
 
     def _resume(self, run_dir: str) -> None:
         model_state, state = checkpoint.load(run_dir)
@@ -151,31 +159,18 @@ class Trainer:
             return self.task.reward_matrix(images, prompts)
         return self.task.reward(images, prompts)
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Fixed-seed ODE samples of the evaluation prompts (world: every training and held-out prompt): mean
-        reward (and exact correctness on the world)."""
-        cfg = self.cfg.sampling
-        out = {}
+        """Every evaluation prompt (world: training and held-out) × ``eval_seeds`` fixed noise seeds, ODE samples:
+        each score's mean and 95% interval (``fastgrpo.train.evaluate``); the result stays in ``last_eval``."""
         self.model.eval()
-        denoise = self.backbone.denoiser(self.model)
-        for name, prompts in self.task.evaluation.items():
-            images = []
-            all_noise = _noise(len(prompts), self.backbone.latent_shape, EVAL_SEED)  # fixed per prompt index
-            for start in range(0, len(prompts), 32):
-                part = prompts.take(range(start, min(start + 32, len(prompts))))
-                n = len(part)
-                noise = all_noise[start:start + n].to(self.device)
-                with self._autocast():
-                    traj = sample(denoise, noise, self.sigmas, self._text(part.texts), self._empty(n),
-                                  guidance=cfg.guidance, eta=cfg.eta, family=cfg.family)
-                images.append(self.backbone.decode(traj.latents))
-            images = torch.cat(images)
-            out.update({f"eval_{name}_{k}": v for k, v in self.task.metrics(images, prompts).items()})
-            if name == "train":
-                self._last_eval_images, self._last_eval_prompts = images[:32], prompts.texts[:32]
-        self.model.train()
-        return out
+        try:
+            self.last_eval = evaluation.evaluate(
+                self.backbone, self.backbone.denoiser(self.model), self.task, self.sigmas, self.cfg.sampling,
+                seeds=self.cfg.eval_seeds, batch=self.cfg.eval_batch, device=self.device, empty=self.empty,
+                autocast=self._autocast)
+        finally:
+            self.model.train()
+        return self.last_eval.metrics
 
     def _select(self, seed: int) -> tuple[Prompts, dict]:
         """Candidates, their ODE anchors, the EMA update and the kept prompts."""
@@ -212,8 +207,8 @@ class Trainer:
         kept, stats = self._select(seed)
         t_select = self._clock()
         start, end = window(cfg.window, cfg.sampling.steps, self.iteration, cfg.iterations, cfg.seed)
-        grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio)
-                if cfg.window.flash else self.sigmas)
+        grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio,
+                             cfg.window.flash_min_steps) if cfg.window.flash else self.sigmas)
         G = cfg.group_size
         groups, rewards, finals = [], [], []  # groups: (prompt text, trajectory of G samples)
         self.model.eval()
@@ -431,6 +426,8 @@ class Trainer:
             # the log restarts from the checkpoint's history: iterations a killed run logged after its last save are
             # run again on resume and would otherwise appear twice
             report.write_jsonl(self.out / "metrics.jsonl", self.history)
+            self._wall_offset = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
+            self._wall_start = time.perf_counter()
             self._writer = _tensorboard(self.out / "tensorboard",
                                         purge_step=self.history[-1]["iteration"] + 1 if self.history else 0)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -465,10 +462,12 @@ class Trainer:
         if main:
             if self._writer is not None:
                 self._writer.close()
+            self._before_after()
             self._summary()
         return self.history
 
     def _log(self, record: dict) -> None:
+        record["wall_s"] = self._wall_offset + time.perf_counter() - self._wall_start
         self.history.append(record)
         report.append_jsonl(self.out / "metrics.jsonl", record)
         if self._writer is not None:
@@ -477,27 +476,64 @@ class Trainer:
                     self._writer.add_scalar(key, value, record["iteration"])
         if "eval_train_reward" in record:
             evals = [h for h in self.history if "eval_train_reward" in h]
-            report.save_curve(evals, self._eval_keys(record), self.out / "reward_curve.png")
-            report.save_grid(self._last_eval_images, self.out / f"samples_{record['iteration']:05d}.png",
-                             prompts=self._last_eval_prompts)
+            report.save_curve(evals, [k for k in record if k.startswith("eval_")], self.out / "reward_curve.png")
+            images, labels, correct = self.last_eval.grid()
+            report.save_grid(images, self.out / f"samples_{record['iteration']:05d}.png", prompts=labels,
+                             correct=correct)
+            if record["iteration"] == 0:
+                self._keep_start_eval()
 
-    @staticmethod
-    def _eval_keys(record: dict) -> list[str]:
-        return [k for k in record if k.startswith("eval_")]
+    def _keep_start_eval(self) -> None:
+        """The iteration-0 evaluation, in memory and in ``START_EVAL`` (a resumed run draws before_after.png
+        from it): seed-0 images as uint8 thumbnails, their labels and correctness, per-prompt scores."""
+        images, labels, correct = self.last_eval.grid()
+        self._start_eval = {"images": report.thumbnails(images), "labels": labels, "correct": correct,
+                            "scores": {n: r.scores for n, r in self.last_eval.sets.items()}}
+        path = self.out / START_EVAL
+        torch.save(self._start_eval, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    def _load_start_eval(self) -> dict | None:
+        if self._start_eval is None and (self.out / START_EVAL).is_file():
+            self._start_eval = torch.load(self.out / START_EVAL, weights_only=True)
+        return self._start_eval
+
+    def _before_after(self) -> None:
+        """``before_after.png``: the iteration-0 samples beside the final ones — same prompts, same noise."""
+        start = self._load_start_eval()
+        if start is None or self.last_eval is None or self.iteration == 0:
+            return
+        images, labels, correct = self.last_eval.grid()
+        if labels != start["labels"]:
+            return  # another evaluation set (a changed config): nothing to pair
+        report.save_before_after(start["images"], report.thumbnails(images), self.out / "before_after.png",
+                                 prompts=labels, correct_before=start["correct"], correct_after=correct,
+                                 titles=("pretrained (iteration 0)", f"final (iteration {self.iteration})"))
 
     def _summary(self) -> None:
         evals = [h for h in self.history if "eval_train_reward" in h]
         if not evals:
             return
         first, last = evals[0], evals[-1]
-        print(f"\n{'metric':<22}{'start':>8}{'end':>8}")
-        for key in self._eval_keys(last):
-            print(f"{key:<22}{first.get(key, float('nan')):>8.3f}{last[key]:>8.3f}")
+        start = self._load_start_eval()
+        paired = {}
+        if start is not None and self.last_eval is not None and last is not first:
+            for name, result in self.last_eval.sets.items():
+                if name in start["scores"]:
+                    paired.update({f"eval_{name}_{k}": v for k, v in
+                                   evaluation.paired_difference(start["scores"][name], result.scores).items()})
+        print(f"\n{'metric':<26}{'start':>8}{'end':>8}  {'end 95% CI':<17}{'end − start, paired 95% CI':<26}")
+        for key in (k for k in last if k.startswith("eval_") and not k.endswith(("_lo", "_hi"))):
+            ci = (f"[{last[key + '_lo']:.3f}, {last[key + '_hi']:.3f}]" if key + "_lo" in last else "-")
+            diff = paired.get(key)
+            delta = (f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]" if diff and diff[1] is not None else "-")
+            print(f"{key:<26}{first.get(key, float('nan')):>8.3f}{last[key]:>8.3f}  {ci:<17}{delta}")
         steps = [h for h in self.history if "t_rollout" in h]
         if steps:
             parts = {k: sum(h[k] for h in steps) / len(steps) for k in ("t_select", "t_rollout", "t_advantage",
                                                                          "t_update")}
-            print("seconds per iteration: " + ", ".join(f"{k[2:]} {v:.2f}" for k, v in parts.items()))
+            print("seconds per iteration: " + ", ".join(f"{k[2:]} {v:.2f}" for k, v in parts.items())
+                  + f"; per evaluation {sum(h['t_eval'] for h in evals if 't_eval' in h) / len(evals):.1f}")
         print(f"outputs in {self.out}")
 
 

@@ -1,19 +1,20 @@
-"""``fastgrpo sample RUN_DIR``: a grid of every training prompt, fixed seeds, from a run's latest checkpoint."""
+"""``fastgrpo sample RUN_DIR | CHECKPOINT | pretrained``: a grid of the evaluation prompts (the world: training, then
+held-out), seed 0 of the evaluation's fixed noise, each tile labelled with its prompt and (world) a ✓/✗ mark."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import report
-from .config import load_config
-from .loop import Trainer
+from .evaluate import load_target
 
 
-def render_run(run_dir: str, out: str) -> Path:
-    config = load_config(str(Path(run_dir) / "config.yaml"))
-    trainer = Trainer(config, resume=run_dir)
+def render_run(target: str | None, out: str) -> Path:
+    trainer, iteration, label = load_target(target, command="sample")
+    trainer.cfg.eval_seeds = 1  # the grid shows seed 0 only
     trainer.evaluate()
-    report.save_grid(trainer._last_eval_images, Path(out), prompts=trainer._last_eval_prompts)
-    print(f"wrote {out} (iteration {trainer.iteration})")
+    images, labels, correct = trainer.last_eval.grid()
+    report.save_grid(images, Path(out), prompts=labels, correct=correct)
+    print(f"wrote {out} ({label}, iteration {iteration})")
     return Path(out)
 
 

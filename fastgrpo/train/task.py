@@ -52,10 +52,11 @@ class WorldTask:
     def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
         return self.shapes.reward(images, prompts.meta.to(images.device))
 
-    def metrics(self, images: Tensor, prompts: Prompts) -> dict:
+    def scores(self, images: Tensor, prompts: Prompts) -> dict[str, Tensor]:
+        """Per-sample evaluation scores (B,): the world's reward, each of its components, exact correctness (0/1)."""
         combos = prompts.meta.to(images.device)
-        return {"reward": self.shapes.reward(images, combos).mean().item(),
-                "correct": self.shapes.correct(images, combos).float().mean().item()}
+        return {"reward": self.shapes.reward(images, combos), **self.shapes.components(images, combos),
+                "correct": self.shapes.correct(images, combos).float()}
 
 
 def read_prompts(path: str, key: str) -> list[str]:
@@ -98,11 +99,12 @@ class PromptTask:
     def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
         return self.reward_matrix(images, prompts) @ self.weights.to(images.device)
 
-    def metrics(self, images: Tensor, prompts: Prompts) -> dict:
+    def scores(self, images: Tensor, prompts: Prompts) -> dict[str, Tensor]:
+        """Per-sample evaluation scores (B,): the weighted reward, and each reward of several."""
         matrix = self.reward_matrix(images, prompts)
-        out = {"reward": (matrix @ self.weights.to(matrix.device)).mean().item()}
+        out = {"reward": matrix @ self.weights.to(matrix.device)}
         if len(self.names) > 1:
-            out.update({f"reward_{n}": matrix[:, k].mean().item() for k, n in enumerate(self.names)})
+            out.update({f"reward_{n}": matrix[:, k] for k, n in enumerate(self.names)})
         return out
 
 
