@@ -150,3 +150,26 @@ def test_eval_cli_refuses_a_checkpoint_of_another_world_or_model(tmp_path, capsy
             main(["eval", str(target)])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and str(target) in err, err
+
+
+def test_a_real_model_reports_reward_with_its_interval_only(tmp_path):
+    pytest.importorskip("diffusers")
+    from fastgrpo.models.tiny import save_tiny_pipeline
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na blue dog\na green circle\n")
+    cfg = load_config(None, ("model.kind=sd3", f"model.path={save_tiny_pipeline('sd3', tmp_path / 'sd3')}",
+                             "model.resolution=32", "model.dtype=fp32", "model.max_sequence_length=16",
+                             f"data.train_prompts={prompts}", "data.eval_count=3", "reward.names=jpeg_compressibility",
+                             "sampling.steps=2", "window.size=1", "adagrpo.candidates=2", "adagrpo.keep=1",
+                             "eval_seeds=2", f"out_dir={tmp_path / 'run'}"))
+    metrics = Trainer(cfg).evaluate()
+    assert set(metrics) == {"eval_train_reward", "eval_train_reward_lo", "eval_train_reward_hi", "t_eval"}
+    assert metrics["eval_train_reward_lo"] <= metrics["eval_train_reward"] <= metrics["eval_train_reward_hi"]
+
+
+@pytest.mark.parametrize("override, message", [("eval_seeds=0", "eval_seeds must be >= 1"),
+                                               ("eval_batch=0", "eval_batch must be >= 1")])
+def test_bad_eval_settings_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, (override,))

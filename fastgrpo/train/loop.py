@@ -166,7 +166,7 @@ class Trainer:
         try:
             self.last_eval = evaluation.evaluate(
                 self.backbone, self.backbone.denoiser(self.model), self.task, self.sigmas, self.cfg.sampling,
-                seeds=self.cfg.eval_seeds, batch=self.cfg.eval_batch, device=self.device, empty=self.empty,
+                seeds=self.cfg.eval_seeds, batch=evaluation.batch_size(self.cfg), device=self.device, empty=self.empty,
                 autocast=self._autocast)
         finally:
             self.model.train()
