@@ -10,7 +10,7 @@ from fastgrpo.train import load_config
 from fastgrpo.train.loop import Trainer
 
 TINY = ("sampling.steps=4", "window.size=2", "adagrpo.candidates=4", "adagrpo.keep=2", "group_size=3",
-        "eval_every=1000", "checkpoint_every=1000")
+        "eval_every=1000", "eval_seeds=1", "checkpoint_every=1000")
 
 
 @pytest.fixture(autouse=True)

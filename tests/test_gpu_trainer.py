@@ -8,7 +8,7 @@ from fastgrpo.train import Trainer, load_config
 
 pytestmark = pytest.mark.gpu
 SMALL = ("sampling.steps=6", "window.size=2", "adagrpo.candidates=4", "adagrpo.keep=2", "group_size=4",
-         "device=cuda", "model.autocast=true", "eval_every=1000", "checkpoint_every=1000")
+         "device=cuda", "model.autocast=true", "eval_every=1000", "eval_seeds=1", "checkpoint_every=1000")
 
 
 def test_world_on_cuda_with_autocast_keeps_the_first_ratio_exactly_one(tmp_path):

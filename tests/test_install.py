@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHORT = ["iterations=1", "group_size=2", "sampling.steps=4", "window.size=2", "adagrpo.candidates=2",
-         "adagrpo.keep=1", "eval_every=1000", "checkpoint_every=1000"]
+         "adagrpo.keep=1", "eval_every=1000", "eval_seeds=1", "checkpoint_every=1000"]
 
 # For every top-level module name an installed distribution provides, where `import name` resolves from the root
 # (cwd first on sys.path, as with `python -c` / `python -m`).

@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent
 VENV = Path(sys.prefix)
 # every run: a short job on the world or a tiny pipeline, evaluations and checkpoints at the end only
 SHORT = ["iterations=1", "group_size=2", "sampling.steps=4", "window.size=2", "adagrpo.candidates=2", "adagrpo.keep=1",
-         "eval_every=1000", "checkpoint_every=1000"]
+         "eval_every=1000", "eval_seeds=1", "checkpoint_every=1000"]
 TINY_REAL = SHORT + ["model.resolution=32", "model.max_sequence_length=16", "device=cpu", "model.dtype=fp32",
                      "model.autocast=false", "data.eval_count=2", "model.gradient_checkpointing=false"]
 GPU_ONLY = ("make test-gpu",)

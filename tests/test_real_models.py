@@ -31,7 +31,7 @@ def _overrides(pipelines, kind, out, *extra):
     return [f"model.kind={kind}", f"model.path={pipelines[kind]}", "model.resolution=32", "model.dtype=fp32",
             "model.max_sequence_length=16", f"data.train_prompts={pipelines['prompts']}", "data.eval_count=3",
             "reward.names=jpeg_incompressibility", "sampling.steps=4", "window.size=2", "adagrpo.candidates=4",
-            "adagrpo.keep=2", "group_size=3", "iterations=2", "eval_every=2", "checkpoint_every=2",
+            "adagrpo.keep=2", "group_size=3", "iterations=2", "eval_every=2", "eval_seeds=1", "checkpoint_every=2",
             f"out_dir={out}", *extra]
 
 
@@ -66,7 +66,7 @@ def test_lora_training_through_the_cli(pipelines, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_full_fine_tuning_and_resume_reproduce_the_run(pipelines, tmp_path, kind):
     a, b = tmp_path / "a", tmp_path / "b"
-    extra = ("optim.lr=1e-3", "eval_every=100")
+    extra = ("optim.lr=1e-3", "eval_every=100", "eval_seeds=1")
     assert main(["train", *_overrides(pipelines, kind, a, *extra)]) == 0
     assert main(["train", *_overrides(pipelines, kind, b, *extra, "iterations=1", "checkpoint_every=1")]) == 0
     assert main(["train", "--resume", str(b), *_overrides(pipelines, kind, b, *extra)]) == 0

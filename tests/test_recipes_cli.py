@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 REAL_MODEL_CONFIGS = ("sd35m_adagrpo_mixgrpo", "flux_adagrpo_mixgrpo")  # tests/test_real_models.py covers them
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in REAL_MODEL_CONFIGS)
 SMALL = ("sampling.steps=4", "group_size=3", "adagrpo.candidates=4", "adagrpo.keep=2", "iterations=2",
-         "eval_every=1000", "checkpoint_every=1000")
+         "eval_every=1000", "eval_seeds=1", "checkpoint_every=1000")
 
 
 def _overrides(recipe: str) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from fastgrpo.train.schedule import flash_sigmas, sigmas, window
 from fastgrpo.world import shapes
 
 TINY = ("sampling.steps=4", "window.size=2", "adagrpo.candidates=4", "adagrpo.keep=2", "group_size=3",
-        "eval_every=1000", "checkpoint_every=1000")
+        "eval_every=1000", "eval_seeds=1", "checkpoint_every=1000")
 
 
 def _config(tmp_path, *extra):
