@@ -172,11 +172,18 @@ def run_tiny_pipeline(command, tmp):
     assert (tmp / "tiny-sd3" / "model_index.json").is_file()
 
 
-def run_sample(command, tmp):
+def run_on_a_run(command, tmp):
+    """`fastgrpo sample|eval runs/default ...` on a short run written there first."""
     _run("fastgrpo train", tmp, SHORT + ["out_dir=runs/default"])
-    _run(command, tmp)
-    out = re.search(r"--out (\S+)", command)
-    assert (tmp / (out.group(1) if out else "samples.png")).is_file()
+    done = _run(command, tmp)
+    if " sample " in f" {command} ":
+        out = re.search(r"--out (\S+)", command)
+        assert (tmp / (out.group(1) if out else "samples.png")).is_file()
+    else:
+        result = json.loads((tmp / re.search(r"--out (\S+)", command).group(1)).read_text())
+        flat = json.dumps(result)
+        for key in ("eval_train_correct", "eval_heldout_correct", "eval_train_correct_lo", "eval_train_correct_hi"):
+            assert key in flat, (key, flat[:500])
 
 
 def run_bench(command, tmp):
@@ -206,7 +213,7 @@ RUNNERS = [
     (r"^fastgrpo train\b.*$", run_fastgrpo_train),
     (r"^torchrun .* -m fastgrpo\.cli train .*$", run_torchrun),
     (r"^python -c \"from fastgrpo\.models\.tiny import .*$", run_tiny_pipeline),
-    (r"^fastgrpo sample .*$", run_sample),
+    (r"^fastgrpo (sample|eval) runs/default\b.*$", run_on_a_run),
     (r"^fastgrpo bench( \w+)?( --quick)?$", run_bench),
     (r"^python -m benchmarks\.\w+ .*$", run_help),
 ]
