@@ -4,9 +4,9 @@ programmatic reward, and an exact-correctness metric kept separate from the rewa
 Prompts: "a {colour} {shape} at the {position}" — 5 colours × 4 shapes × 5 positions = 100; a fixed held-out split
 of 25 combinations (one shape per colour/position pair) is never trained on.
 
-Shapes are told apart by their masks: frame (a hollow square), cross, triangle and bar overlap pairwise with IoU ≤ ``MAX_IOU`` (0.6)
-when centred on the same point (a circle and a square at this size reached 0.87, so shape was invisible to the
-reward and to the metric). ``check_shapes`` enforces the bound when the module is imported: a world whose classes
+Shapes are told apart by their masks: bar (horizontal), pillar (vertical), triangle (apex up) and wedge (apex
+down) overlap pairwise with IoU ≤ ``MAX_IOU`` (0.6) when centred on the same point (a circle and a square at this
+size reached 0.87, so shape was invisible to the reward and to the metric). ``check_shapes`` enforces the bound when the module is imported: a world whose classes
 overlap more is rejected with the offending pair named.
 
 Reward (``components`` → ``reward``, each component in [0, 1], their product is the reward):
@@ -44,16 +44,16 @@ MaskFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(dr, dc, scale) → bool mask: dr, dc are row/column offsets from the centroid, scale ~ 1 is the size."""
 
 
-# Strokes are 3–5 px and axis-aligned where possible: the model sees 4×4-pixel patches (pixel-unshuffle 2, patch
-# 2), and 3-px rings and bars came out as speckle after 12 minutes of pretraining. Half-widths like 2.5 keep the
-# pixel count of a stroke fixed over the ±7.5% size jitter.
-def _frame(dr, dc, k):
-    return (dr.abs() <= 7.0 * k) & (dc.abs() <= 7.0 * k) & ~((dr.abs() <= 3.5 * k) & (dc.abs() <= 3.5 * k))
+# Filled shapes with 5-px strokes: the model sees 4×4-pixel patches (pixel-unshuffle 2, patch 2), and after the
+# pretraining budget it drew hollow frames, thin crosses and 3-px rings as blobs or speckle (correct 0.00–0.01)
+# while it drew filled bars and triangles. Half-widths like 2.5 keep a stroke's pixel count fixed over the ±7.5%
+# size jitter.
+def _bar(dr, dc, k):
+    return (dr.abs() <= 2.5 * k) & (dc.abs() <= 9.5 * k)
 
 
-def _cross(dr, dc, k):
-    return (((dr.abs() <= 2.5 * k) & (dc.abs() <= 8.0 * k))
-            | ((dc.abs() <= 2.5 * k) & (dr.abs() <= 8.0 * k)))
+def _pillar(dr, dc, k):
+    return _bar(dc, dr, k)
 
 
 def _triangle(dr, dc, k):
@@ -62,19 +62,19 @@ def _triangle(dr, dc, k):
     return (dr >= -8.0 * k) & (dr <= 5.0 * k) & (dc.abs() <= (dr + 8.0 * k) * 0.6)
 
 
-def _bar(dr, dc, k):
-    return (dr.abs() <= 2.5 * k) & (dc.abs() <= 9.5 * k)
+def _wedge(dr, dc, k):
+    return _triangle(-dr, dc, k)  # apex down
 
 
 def _disk(dr, dc, k):
     return dr ** 2 + dc ** 2 <= (7.5 * k) ** 2
 
 
-SHAPE_MASKS: dict[str, MaskFn] = {"frame": _frame, "cross": _cross, "triangle": _triangle, "bar": _bar}
+SHAPE_MASKS: dict[str, MaskFn] = {"bar": _bar, "pillar": _pillar, "triangle": _triangle, "wedge": _wedge}
 SHAPES = tuple(SHAPE_MASKS)
 DISTRACTORS: dict[str, MaskFn] = {"disk": _disk}
 """Never prompted, but scored against: a filled disk (the blob that half-matches every shape) wins the IoU
-comparison over a frame or cross that has been filled in, so it earns no shape margin."""
+comparison over a shape that has been rounded off, so it earns no shape margin."""
 
 
 def pairwise_iou(masks: dict[str, MaskFn] = SHAPE_MASKS) -> dict[tuple[str, str], float]:
