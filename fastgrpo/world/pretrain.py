@@ -22,7 +22,7 @@ from . import World, WEIGHTS, shapes, velocity
 
 
 def pretrain(out, steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: int = 0, log_every: int = 100,
-             caption_noise: float = 0.5, replace_shipped: bool = False) -> World:
+             caption_noise: float = 0.1, replace_shipped: bool = False) -> World:
     """``steps`` AdamW steps with a cosine learning rate (deterministic for a seed on one machine and torch
     version; ~10 minutes on 2 CPU cores), written to ``out``. ``out`` has no default and may name the shipped
     weights only with ``replace_shipped``: every installed copy of fastgrpo loads those, so replacing them by
