@@ -35,12 +35,14 @@ class Prompts:
 
 
 class WorldTask:
+    """``random_reward``: train on ``shapes.random_reward`` (the control); metrics keep the real reward."""
     has_correctness = True
 
-    def __init__(self):
+    def __init__(self, random_reward: bool = False):
         from ..world import shapes
 
         self.shapes = shapes
+        self._train_reward = shapes.random_reward if random_reward else shapes.reward
         self.train = self._prompts(shapes.TRAIN)
         self.heldout = self._prompts(shapes.HELD_OUT)
         self.evaluation = {"train": self.train, "heldout": self.heldout}
@@ -50,7 +52,7 @@ class WorldTask:
         return Prompts([self.shapes.prompt(tuple(c)) for c in combos.tolist()], combos)
 
     def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
-        return self.shapes.reward(images, prompts.meta.to(images.device))
+        return self._train_reward(images, prompts.meta.to(images.device))
 
     def scores(self, images: Tensor, prompts: Prompts) -> dict[str, Tensor]:
         """Per-sample evaluation scores (B,): the world's reward, each of its components, exact correctness (0/1)."""
@@ -109,4 +111,6 @@ class PromptTask:
 
 
 def build_task(cfg, device):
-    return WorldTask() if cfg.model.kind == "world" else PromptTask.from_config(cfg, device)
+    if cfg.model.kind == "world":
+        return WorldTask(random_reward=cfg.reward.names == ["world_random"])
+    return PromptTask.from_config(cfg, device)
