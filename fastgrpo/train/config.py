@@ -28,8 +28,8 @@ class ModelConfig:
     Trained weights are fp32 (LoRA adapters; the whole transformer when lora_rank = 0)."""
     lora_rank: int = 8
     """LoRA rank through peft (0 = full fine-tuning). 8 on the world: full fine-tuning with AdamW drifts (Adam moves
-    each weight ≈ lr per step whatever the signal; a random-reward control lost 0.11 correctness in 40 iterations),
-    LoRA r8 held at lr 1e-3."""
+    each weight ≈ lr per step whatever the signal; a random-reward control lost 0.11 correctness in 40 iterations).
+    LoRA r8 at lr 1e-3 drifts too over 100 iterations: the random-reward control fell 0.543 → 0.027 (open)."""
     lora_alpha: float = 0.0
     """LoRA α (0 = the rank)."""
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
