@@ -135,8 +135,9 @@ def test_evaluation_schedule_records_one_point_per_mark(fake, tmp_path):
 
 def test_main_writes_table_json_and_plots(fake, tmp_path):
     threads = torch.get_num_threads()  # --jobs 1 trains in this process with --threads: keep pytest's count
+    lr = study.load_config(str(study.CONFIGS / "flow_grpo.yaml")).optim.lr  # the recipe's own (the fake's gain ∝ lr)
     argv = ["--budget", "60", "--seeds", "2", "--threads", str(threads), "--runs", "default,flow_grpo,default:random",
-            "--extra", "fast=flow_grpo:optim.lr=1e-4", "--out", str(tmp_path)]
+            "--extra", f"fast=flow_grpo:optim.lr={10 * lr:g}", "--out", str(tmp_path)]
     assert study.main(argv) == 0
     data = json.loads((tmp_path / "study_shapes.json").read_text())
     assert data["setup"]["jobs"] == 1 and data["setup"]["threads_per_run"] == threads
@@ -145,8 +146,8 @@ def test_main_writes_table_json_and_plots(fake, tmp_path):
     rows = {r["run"]: r for r in data["rows"]}
     assert list(rows) == ["flow_grpo", "default", "default:random", "fast"]
     assert all(len(data["curves"][name]) == 2 for name in rows)
-    # flow_grpo (lr 3e-5) ends at 0.5 + 4·3e-3 + seed·1e-3; fast (lr 1e-4) passes that after its first 2 steps
-    assert math.isclose(rows["flow_grpo"]["train_reward"], 0.5 + 4 * 3e-3 + 0.0005)
+    # flow_grpo ends at 0.5 + 4·lr·100 + mean seed·1e-3; fast (10× its lr) passes that after its first 2 steps
+    assert math.isclose(rows["flow_grpo"]["train_reward"], 0.5 + 4 * lr * 100 + 0.0005)
     assert rows["fast"]["s_to_flow_grpo_final"] == 30 and rows["fast"]["reached"] == 2
     md = (tmp_path / "study_shapes.md").read_text()
     assert "± " in md and "prompt-difficulty ablation" in md and "fast: configs/flow_grpo.yaml with" in md
