@@ -242,7 +242,7 @@ class Trainer:
         self.model.train()
         t_rollout = self._clock()
         rewards = torch.cat(rewards)  # (N,), or (N, |Λ|) for G²RPO's granularities
-        if self._any_rank(~torch.isfinite(rewards).all()):
+        if self._first_nonfinite({"rewards": rewards}) is not None:
             return self._nonfinite("rewards")
         ids = torch.arange(len(groups), device=rewards.device).repeat_interleave(G)
         adv = group_advantages(rewards, ids, std=opt_cfg.adv_std, eps=opt_cfg.adv_eps, clip=opt_cfg.adv_clip,
@@ -386,18 +386,12 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _any_rank(self, flag: torch.Tensor) -> bool:
-        """True if ``flag`` holds on any rank (so every rank skips the same iterations together)."""
-        flag = flag.to(torch.float32).reshape(1)
-        if self.world_size > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
     def _first_nonfinite(self, values: dict[str, torch.Tensor]) -> str | None:
-        """The first name whose scalar is non-finite on any rank: one flag vector, one all-reduce, one read."""
+        """The first name whose tensor has a non-finite entry on any rank (so every rank skips the same iterations
+        together): one flag vector, one all-reduce, one read."""
         # FSDP2's grad norm is a DTensor: its full value (a collective every rank makes) joins the plain flags
         scalars = [v.full_tensor() if hasattr(v, "full_tensor") else v for v in values.values()]
-        flags = torch.stack([~torch.isfinite(v.detach().reshape(())) for v in scalars]).to(torch.float32)
+        flags = torch.stack([(~torch.isfinite(v.detach())).any() for v in scalars]).to(torch.float32)
         if self.world_size > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         return next((name for name, hit in zip(values, flags.tolist()) if hit), None)
