@@ -78,6 +78,8 @@ class Trainer:
         self.iteration = 0
         self.history: list[dict] = []
         self.nonfinite_in_a_row = 0
+        self._base = evaluation.base_fingerprint(config.model)
+        """The world weights' sha256, hashed once (every checkpoint records it; `fastgrpo eval` checks it)."""
         self._saved_at: int | None = None
         """The iteration of the last checkpoint this trainer wrote or resumed from (a finished run is saved once)."""
         self.out = Path(config.out_dir)
@@ -109,7 +111,7 @@ class Trainer:
         return {"iteration": self.iteration, "config": to_dict(self.cfg),
                 "optimizer": distributed.optimizer_state(self.trained, self.optimizer),
                 "tracker": self.tracker.state_dict(), "history": self.history,
-                "base": evaluation.base_fingerprint(self.cfg.model)}
+                "base": self._base}
 
     def _resume(self, run_dir: str) -> None:
         model_state, state = checkpoint.load(run_dir)
