@@ -33,12 +33,13 @@ def test_first_ratio_is_exactly_one_at_batch_above_one(tmp_path):
     assert metrics["grad_norm"] > 0
 
 
-def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
-    full = Trainer(_config(tmp_path / "full", "iterations=4"))
+@pytest.mark.parametrize("extra", [(), ("optim.minibatches=2",)], ids=["one_step", "two_minibatches"])
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, extra):
+    full = Trainer(_config(tmp_path / "full", "iterations=4", *extra))
     full.run(progress=False)
-    half = Trainer(_config(tmp_path / "half", "iterations=2"))
+    half = Trainer(_config(tmp_path / "half", "iterations=2", *extra))
     half.run(progress=False)
-    resumed = Trainer(_config(tmp_path / "half", "iterations=4"), resume=str(tmp_path / "half"))
+    resumed = Trainer(_config(tmp_path / "half", "iterations=4", *extra), resume=str(tmp_path / "half"))
     assert resumed.iteration == 2
     resumed.run(progress=False)
     keys = ("reward", "loss", "grad_norm", "anchor_reward", "ema_mean")
@@ -47,6 +48,27 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert steps_full == steps_resumed
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_minibatches_take_one_step_each_and_replay_an_older_policy(tmp_path):
+    """optim.minibatches=2 (2 groups): two AdamW steps per iteration; the first minibatch replays the rollout
+    policy (ratio exactly 1), the second the policy one step older (ratio exp(log p_new - log p_old) != 1), and
+    each step's gradient is that of its own groups only (a hook on the second step sees the first group's
+    parameters already moved)."""
+    trainer = Trainer(_config(tmp_path / "run", "optim.minibatches=2"))
+    params = [p for p in trainer.trained.parameters() if p.requires_grad]
+    seen = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append([p.detach().clone() for p in params]))
+    metrics = trainer.step()
+    assert len(seen) == 2
+    assert any(not torch.equal(a, b) for a, b in zip(*seen))  # the second step starts from moved weights
+    assert all(trainer.optimizer.state[p]["step"].item() == 2 for p in params)
+    assert metrics["first_ratio_max_dev"] == 0.0
+    assert metrics["ratio_max_dev"] > 0.0
+    with pytest.raises(ValueError, match="optim.minibatches"):
+        _config(tmp_path / "bad", "optim.minibatches=3")  # more minibatches than the 2 groups
+    with pytest.raises(ValueError, match="optim.minibatches"):
+        _config(tmp_path / "bad", "optim.minibatches=0")
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -243,12 +243,18 @@ class OptimConfig:
     max_nonfinite: int = 3
     """Iterations in a row with a non-finite reward, loss or gradient norm (each skipped, its update dropped)
     before the run stops with an error."""
+    minibatches: int = 1
+    """AdamW steps per rollout batch: the iteration's groups are split into this many contiguous minibatches, one
+    step each (Flow-GRPO's train batches per epoch). From the second on, the replayed samples are from an older
+    policy: the PPO ratio departs from 1 and ``clip_range`` acts. At most the number of groups of an iteration."""
     kl_beta: float = 0.0
     """β of Flow-GRPO's KL, mean((μ − μ_ref)²)/(2g²), to the initial model (0: no reference model kept)."""
 
     def __post_init__(self):
         if not (self.lr > 0 and self.kl_beta >= 0 and self.grad_clip > 0):  # NaN fails too
             raise ValueError("optim.lr and optim.grad_clip must be > 0 and optim.kl_beta >= 0")
+        if self.minibatches < 1:
+            raise ValueError(f"optim.minibatches must be >= 1, got {self.minibatches}")
         if self.max_nonfinite < 1:
             raise ValueError(f"optim.max_nonfinite must be >= 1, got {self.max_nonfinite}")
         if self.adv_std not in ("unbiased", "population"):
@@ -306,6 +312,9 @@ class TrainConfig:
         if self.stepwise.enabled and (self.branch.enabled or self.window.flash or self.adagrpo.fusion):
             raise ValueError("stepwise.enabled trains per-step gains of the window's SDE steps: it excludes "
                              "branch.enabled, window.flash and adagrpo.fusion (a per-sample global advantage)")
+        if not self.branch.enabled and self.optim.minibatches > self.adagrpo.keep:
+            raise ValueError(f"optim.minibatches={self.optim.minibatches} exceeds the groups of an iteration "
+                             f"(adagrpo.keep={self.adagrpo.keep}): a minibatch holds whole groups")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a group needs spread), got {self.group_size}")
         if self.iterations < 0:

@@ -262,50 +262,59 @@ class Trainer:
             rewards = rewards.mean(1)
         t_adv = self._clock()
 
-        self.optimizer.zero_grad(set_to_none=True)
         trained = self._trained_steps(len(groups[0][1].x), seed)
-        ratios, clipfrac, losses, kls = [], [], [], []
-        backwards, done = len(trained) * len(groups), 0
-        for p, (prompt_text, traj) in enumerate(groups):
-            a = adv.advantages[p * G:(p + 1) * G]
-            for j in trained:
-                step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
-                mu_ref = None
-                if opt_cfg.kl_beta > 0:
-                    with torch.no_grad(), self._autocast(), self._reference() as reference:
-                        v_ref = self._velocity(reference, traj, j, prompt_text)
-                        mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
-                                           x_next=traj.x_next[j], return_mean=True).mean
-                with self._autocast():
-                    v = self._velocity(self.trained, traj, j, prompt_text)
-                fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
-                                  x_next=traj.x_next[j], mu_ref=mu_ref)
-                lp = fused.log_prob
-                out = ppo_clip_loss(lp, traj.log_prob[j], a[:, j] if a.dim() == 2 else a, opt_cfg.clip_range)
-                total = out.loss
-                if mu_ref is not None:
-                    total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
-                    kls.append(fused.kl.detach().mean())
-                done += 1
-                with self._sync_grads(last=done == backwards):
-                    (total / backwards).backward()
-                ratios.append(torch.exp(lp.detach() - traj.log_prob[j]))
-                clipfrac.append(out.clipfrac)
-                losses.append(total.detach())
+        ratios, clipfrac, losses, kls, norms = [], [], [], [], []
+        # optim.minibatches AdamW steps per rollout batch, each on a contiguous share of the groups; after the
+        # first, the replayed samples come from an older policy, so the ratio departs from 1 and the clip acts
+        chunks = [c.tolist() for c in torch.arange(len(groups)).tensor_split(min(opt_cfg.minibatches, len(groups)))]
+        for chunk in chunks:
+            self.optimizer.zero_grad(set_to_none=True)
+            backwards, done, first = len(trained) * len(chunk), 0, len(losses)
+            for p in chunk:
+                prompt_text, traj = groups[p]
+                a = adv.advantages[p * G:(p + 1) * G]
+                for j in trained:
+                    step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
+                    mu_ref = None
+                    if opt_cfg.kl_beta > 0:
+                        with torch.no_grad(), self._autocast(), self._reference() as reference:
+                            v_ref = self._velocity(reference, traj, j, prompt_text)
+                            mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family,
+                                               logprob=cfg.sampling.logprob, x_next=traj.x_next[j],
+                                               return_mean=True).mean
+                    with self._autocast():
+                        v = self._velocity(self.trained, traj, j, prompt_text)
+                    fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
+                                      x_next=traj.x_next[j], mu_ref=mu_ref)
+                    lp = fused.log_prob
+                    out = ppo_clip_loss(lp, traj.log_prob[j], a[:, j] if a.dim() == 2 else a, opt_cfg.clip_range)
+                    total = out.loss
+                    if mu_ref is not None:
+                        total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
+                        kls.append(fused.kl.detach().mean())
+                    done += 1
+                    with self._sync_grads(last=done == backwards):
+                        (total / backwards).backward()
+                    ratios.append(torch.exp(lp.detach() - traj.log_prob[j]))
+                    clipfrac.append(out.clipfrac)
+                    losses.append(total.detach())
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.trained.parameters() if p.requires_grad],
+                                                       opt_cfg.grad_clip)
+            # a finite loss can still carry an inf/NaN gradient (an overflow in the backward) that the clip would
+            # spread to every weight: both are checked, in one read-back, before the update
+            bad = self._first_nonfinite({"loss": torch.stack(losses[first:]).mean(), "grad_norm": grad_norm})
+            if bad is not None:  # this minibatch's update is dropped (earlier ones of the iteration stand)
+                return self._nonfinite(bad)
+            self.optimizer.step()
+            norms.append(grad_norm)
         loss = torch.stack(losses).mean()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.trained.parameters() if p.requires_grad],
-                                                   opt_cfg.grad_clip)
-        # a finite loss can still carry an inf/NaN gradient (an overflow in the backward) that the clip would spread
-        # to every weight: both are checked, in one read-back, before the update
-        bad = self._first_nonfinite({"loss": loss, "grad_norm": grad_norm})
-        if bad is not None:
-            return self._nonfinite(bad)
-        self.optimizer.step()
+        grad_norm = torch.stack(norms).mean()
+        first_ratios = torch.cat(ratios[:len(trained) * len(chunks[0])])
         self.nonfinite_in_a_row = 0
         t_update = self._clock()
-        ratio = torch.cat(ratios)
         return {"reward": rewards.mean().item(), "loss": loss.item(), "grad_norm": float(grad_norm),
-                "first_ratio_max_dev": (ratio - 1).abs().max().item(), "clipfrac": torch.stack(clipfrac).mean().item(),
+                "first_ratio_max_dev": (first_ratios - 1).abs().max().item(),
+                "ratio_max_dev": (torch.cat(ratios) - 1).abs().max().item(), "clipfrac": torch.stack(clipfrac).mean().item(),
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
