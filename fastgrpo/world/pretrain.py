@@ -22,7 +22,7 @@ from . import World, WEIGHTS, shapes, velocity
 
 
 def pretrain(out, steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: int = 0, log_every: int = 100,
-             caption_noise: float = 0.1, ema: float = 0.0, replace_shipped: bool = False) -> World:
+             caption_noise: float = 0.1, replace_shipped: bool = False) -> World:
     """``steps`` AdamW steps with a cosine learning rate (deterministic for a seed on one machine and torch
     version; ~10 minutes on 2 CPU cores), written to ``out``. ``out`` has no default and may name the shipped
     weights only with ``replace_shipped``: every installed copy of fastgrpo loads those, so replacing them by
@@ -35,8 +35,6 @@ def pretrain(out, steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: in
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 <= caption_noise <= 1.0:
         raise ValueError(f"caption_noise must be in [0, 1], got {caption_noise}")
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"ema must be in [0, 1), got {ema}")
     torch.manual_seed(seed)
     world = World("cpu")
     gen = torch.Generator().manual_seed(seed)
@@ -45,8 +43,6 @@ def pretrain(out, steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: in
     options = torch.tensor([[s for s in range(len(shapes.SHAPES)) if (c, s, p) in shapes.TRAIN]
                             for c, _, p in shapes.TRAIN])
     opt = torch.optim.AdamW(world.transformer.parameters(), lr=lr, weight_decay=0.0)
-    params = [p for p in world.transformer.parameters()]
-    shadow = [p.detach().clone() for p in params] if ema else None
     start, ema_loss = time.time(), None
     for step in range(1, steps + 1):
         pick = torch.randint(0, len(combos), (batch,), generator=gen)
@@ -68,16 +64,9 @@ def pretrain(out, steps: int = 2400, batch: int = 32, lr: float = 1e-3, seed: in
         for group in opt.param_groups:  # cosine decay over the step budget
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
         opt.step()
-        if shadow is not None:  # exponential moving average of the weights: what is saved
-            with torch.no_grad():
-                torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - ema)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         if step % log_every == 0:
             print(f"step {step}: loss {ema_loss:.4f}", flush=True)
-    if shadow is not None:
-        with torch.no_grad():
-            for p, q in zip(params, shadow):
-                p.copy_(q)
     world.save(out)
     print(f"pretrained {steps} steps in {(time.time() - start) / 60:.1f} min; wrote {out}")
     return world
