@@ -128,3 +128,22 @@ def test_atomic_write_text_keeps_the_old_file_when_the_rename_fails(tmp_path, mo
     with pytest.raises(OSError):
         atomic.write_text(target, "new\n")
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["latest"]
+
+
+def test_atomic_save_torch_round_trips_and_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "eval_start.pt"
+    old = {"scores": torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), "labels": ["a", "b"]}
+    atomic.save_torch(target, old)
+    back = torch.load(target, weights_only=True)
+    assert torch.equal(back["scores"], old["scores"]) and back["labels"] == old["labels"]
+
+    def boom(obj, fh, *args, **kwargs):
+        fh.write(b"partial")
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        atomic.save_torch(target, {"scores": torch.zeros(1)})
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["scores"], old["scores"])
+    assert [p.name for p in tmp_path.iterdir()] == ["eval_start.pt"]

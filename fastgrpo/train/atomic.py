@@ -28,11 +28,22 @@ def fsync_tree(folder: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    _write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def save_torch(path: Path, obj) -> None:
+    """``torch.save(obj)`` to ``path``, crash-safe like ``write_text``."""
+    import torch
+
+    _write(path, lambda fh: torch.save(obj, fh))
+
+
+def _write(path: Path, fill) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide run outputs from the other users of a shared machine

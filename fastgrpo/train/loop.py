@@ -31,7 +31,7 @@ from ..algorithms import CapabilityTracker, kl_penalty, ppo_clip_loss
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
 from ..models.lora import has_lora
 from ..ops import flow_step, group_advantages
-from . import checkpoint, distributed, evaluate as evaluation, report
+from . import atomic, checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
 from .branching import branch
 from .rollout import guided_velocity, sample, sample_dpm
@@ -494,9 +494,7 @@ class Trainer:
         images, labels, correct = self.last_eval.grid()
         self._start_eval = {"images": report.thumbnails(images), "labels": labels, "correct": correct,
                             "scores": {n: r.scores for n, r in self.last_eval.sets.items()}}
-        path = self.out / START_EVAL
-        torch.save(self._start_eval, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        atomic.save_torch(self.out / START_EVAL, self._start_eval)
 
     def _load_start_eval(self) -> dict | None:
         if self._start_eval is None and (self.out / START_EVAL).is_file():
