@@ -52,13 +52,13 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, extra):
 
 def test_minibatches_take_one_step_each_and_replay_an_older_policy(tmp_path):
     """optim.minibatches=2 (2 groups): two AdamW steps per iteration; the first minibatch replays the rollout
-    policy (ratio exactly 1), the second the policy one step older (ratio exp(log p_new - log p_old) != 1), and
-    each step's gradient is that of its own groups only (a hook on the second step sees the first group's
-    parameters already moved)."""
+    policy (ratio exactly 1), the second replays it after one update (ratio exp(log p_new - log p_old) != 1): a
+    hook before each step sees the second start from weights the first step moved."""
     trainer = Trainer(_config(tmp_path / "run", "optim.minibatches=2"))
     params = [p for p in trainer.trained.parameters() if p.requires_grad]
     seen = []
-    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append([p.detach().clone() for p in params]))
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([p.detach().clone() for p in params]))
     metrics = trainer.step()
     assert len(seen) == 2
     assert any(not torch.equal(a, b) for a, b in zip(*seen))  # the second step starts from moved weights

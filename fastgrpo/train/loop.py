@@ -314,7 +314,8 @@ class Trainer:
         t_update = self._clock()
         return {"reward": rewards.mean().item(), "loss": loss.item(), "grad_norm": float(grad_norm),
                 "first_ratio_max_dev": (first_ratios - 1).abs().max().item(),
-                "ratio_max_dev": (torch.cat(ratios) - 1).abs().max().item(), "clipfrac": torch.stack(clipfrac).mean().item(),
+                "ratio_max_dev": (torch.cat(ratios) - 1).abs().max().item(),
+                "clipfrac": torch.stack(clipfrac).mean().item(),
                 "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
                 "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
                 "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
