@@ -69,10 +69,10 @@ class Trainer:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.rank, self.world_size = rank_and_world()
         self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
-        params = [p for p in self.trained.parameters() if p.requires_grad]
-        if not params:
+        self._params = [p for p in self.trained.parameters() if p.requires_grad]
+        if not self._params:
             raise ValueError("nothing to train: the transformer has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+        self.optimizer = torch.optim.AdamW(self._params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                            **({"fused": True} if self.device.type == "cuda" else {}))
         self.tracker = CapabilityTracker(config.adagrpo.decay, device=self.device)
         self.iteration = 0
@@ -269,56 +269,62 @@ class Trainer:
         chunks = [c.tolist() for c in torch.arange(len(groups)).tensor_split(min(opt_cfg.minibatches, len(groups)))]
         for chunk in chunks:
             self.optimizer.zero_grad(set_to_none=True)
-            backwards, done, first = len(trained) * len(chunk), 0, len(losses)
-            for p in chunk:
+            pairs = [(p, j) for p in chunk for j in trained]
+            for done, (p, j) in enumerate(pairs, 1):
                 prompt_text, traj = groups[p]
                 a = adv.advantages[p * G:(p + 1) * G]
-                for j in trained:
-                    step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
-                    mu_ref = None
-                    if opt_cfg.kl_beta > 0:
-                        with torch.no_grad(), self._autocast(), self._reference() as reference:
-                            v_ref = self._velocity(reference, traj, j, prompt_text)
-                            mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family,
-                                               logprob=cfg.sampling.logprob, x_next=traj.x_next[j],
-                                               return_mean=True).mean
-                    with self._autocast():
-                        v = self._velocity(self.trained, traj, j, prompt_text)
-                    fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
-                                      x_next=traj.x_next[j], mu_ref=mu_ref)
-                    lp = fused.log_prob
-                    out = ppo_clip_loss(lp, traj.log_prob[j], a[:, j] if a.dim() == 2 else a, opt_cfg.clip_range)
-                    total = out.loss
-                    if mu_ref is not None:
-                        total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
-                        kls.append(fused.kl.detach().mean())
-                    done += 1
-                    with self._sync_grads(last=done == backwards):
-                        (total / backwards).backward()
-                    ratios.append(torch.exp(lp.detach() - traj.log_prob[j]))
-                    clipfrac.append(out.clipfrac)
-                    losses.append(total.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.trained.parameters() if p.requires_grad],
-                                                       opt_cfg.grad_clip)
+                total, ratio, clipped, kl = self._replay(traj, j, prompt_text, a[:, j] if a.dim() == 2 else a)
+                with self._sync_grads(last=done == len(pairs)):
+                    (total / len(pairs)).backward()
+                ratios.append(ratio)
+                clipfrac.append(clipped)
+                losses.append(total.detach())
+                if kl is not None:
+                    kls.append(kl)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, opt_cfg.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2's norm is a DTensor: its full value (a collective), once
+                grad_norm = grad_norm.full_tensor()
             # a finite loss can still carry an inf/NaN gradient (an overflow in the backward) that the clip would
             # spread to every weight: both are checked, in one read-back, before the update
-            bad = self._first_nonfinite({"loss": torch.stack(losses[first:]).mean(), "grad_norm": grad_norm})
+            bad = self._first_nonfinite({"loss": torch.stack(losses[-len(pairs):]).mean(), "grad_norm": grad_norm})
             if bad is not None:  # this minibatch's update is dropped (earlier ones of the iteration stand)
                 return self._nonfinite(bad)
             self.optimizer.step()
             norms.append(grad_norm)
-        loss = torch.stack(losses).mean()
-        grad_norm = torch.stack(norms).mean()
-        first_ratios = torch.cat(ratios[:len(trained) * len(chunks[0])])
         self.nonfinite_in_a_row = 0
         t_update = self._clock()
-        return {"reward": rewards.mean().item(), "loss": loss.item(), "grad_norm": float(grad_norm),
-                "first_ratio_max_dev": (first_ratios - 1).abs().max().item(),
-                "ratio_max_dev": (torch.cat(ratios) - 1).abs().max().item(),
-                "clipfrac": torch.stack(clipfrac).mean().item(),
-                "zero_spread_groups": adv.zero_spread_groups.item(), "window_start": start,
-                "t_select": t_select - t0, "t_rollout": t_rollout - t_select, "t_advantage": t_adv - t_rollout,
-                "t_update": t_update - t_adv, **({"kl": torch.stack(kls).mean().item()} if kls else {}), **stats}
+        first = len(trained) * len(chunks[0])  # the first minibatch replays the rollout policy itself
+        read = {"reward": rewards.mean(), "loss": torch.stack(losses).mean(), "grad_norm": torch.stack(norms).mean(),
+                "first_ratio_max_dev": (torch.cat(ratios[:first]) - 1).abs().max(),
+                "ratio_max_dev": (torch.cat(ratios) - 1).abs().max(), "clipfrac": torch.stack(clipfrac).mean(),
+                "zero_spread_groups": adv.zero_spread_groups, **({"kl": torch.stack(kls).mean()} if kls else {})}
+        values = torch.stack([v.detach().float().reshape(()).to(self.device) for v in read.values()]).tolist()
+        metrics = dict(zip(read, values))  # one read-back for every metric of the iteration
+        metrics["zero_spread_groups"] = int(metrics["zero_spread_groups"])
+        return {**metrics, "window_start": start, "t_select": t_select - t0, "t_rollout": t_rollout - t_select,
+                "t_advantage": t_adv - t_rollout, "t_update": t_update - t_adv, **stats}
+
+    def _replay(self, traj, j: int, prompt_text: str, advantage: torch.Tensor):
+        """Step ``j`` of a stored group replayed by the trained model: (PPO loss [+ β·KL], ratio, clip fraction,
+        KL or None). With ``optim.kl_beta`` the reference's mean at the same input joins the fused step."""
+        cfg, opt_cfg = self.cfg, self.cfg.optim
+        step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
+        mu_ref = None
+        if opt_cfg.kl_beta > 0:
+            with torch.no_grad(), self._autocast(), self._reference() as reference:
+                v_ref = self._velocity(reference, traj, j, prompt_text)
+                mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
+                                   x_next=traj.x_next[j], return_mean=True).mean
+        with self._autocast():
+            v = self._velocity(self.trained, traj, j, prompt_text)
+        fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
+                          x_next=traj.x_next[j], mu_ref=mu_ref)
+        out = ppo_clip_loss(fused.log_prob, traj.log_prob[j], advantage, opt_cfg.clip_range)
+        total, kl = out.loss, None
+        if mu_ref is not None:
+            total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
+            kl = fused.kl.detach().mean()
+        return total, torch.exp(fused.log_prob.detach() - traj.log_prob[j]), out.clipfrac, kl
 
     @torch.no_grad()
     def _stepwise_gains(self, traj, text: str, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,9 +407,7 @@ class Trainer:
     def _first_nonfinite(self, values: dict[str, torch.Tensor]) -> str | None:
         """The first name whose tensor has a non-finite entry on any rank (so every rank skips the same iterations
         together): one flag vector, one all-reduce, one read."""
-        # FSDP2's grad norm is a DTensor: its full value (a collective every rank makes) joins the plain flags
-        scalars = [v.full_tensor() if hasattr(v, "full_tensor") else v for v in values.values()]
-        flags = torch.stack([(~torch.isfinite(v.detach())).any() for v in scalars]).to(torch.float32)
+        flags = torch.stack([(~torch.isfinite(v.detach())).any() for v in values.values()]).to(torch.float32)
         if self.world_size > 1:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         return next((name for name, hit in zip(values, flags.tolist()) if hit), None)
