@@ -14,7 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--resume", default=None, help="a run directory to continue")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=20 window.size=2")
     pre = sub.add_parser("pretrain-world", help="flow-matching pretraining of the embedded world's weights")
-    pre.add_argument("--steps", type=int, default=2400, help="AdamW steps (the shipped weights: 2400, seed 0)")
+    pre.add_argument("--steps", type=int, default=4800,
+                     help="AdamW steps of the drawing stage (the shipped weights: 4800, seed 0)")
+    pre.add_argument("--confusion-steps", type=int, default=1200,
+                     help="AdamW steps of the noisy-caption stage after it (the shipped weights: 1200, seed 1)")
     target = pre.add_mutually_exclusive_group(required=True)  # never the installed package's weights by default
     target.add_argument("--out", default=None, help="the .safetensors file to write")
     target.add_argument("--replace-shipped", action="store_true",
@@ -50,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
         if args.steps < 1:
             pre.error(f"--steps must be >= 1, got {args.steps}")
+        if args.confusion_steps < 0:
+            pre.error(f"--confusion-steps must be >= 0, got {args.confusion_steps}")
         if args.out is not None and Path(args.out).resolve() == WEIGHTS.resolve():
             pre.error(f"--out {args.out} is the weights shipped in the package; pass --replace-shipped instead to "
                       "overwrite them")
         pretrain(WEIGHTS if args.replace_shipped else args.out, steps=args.steps,
-                 replace_shipped=args.replace_shipped)
+                 confusion_steps=args.confusion_steps, replace_shipped=args.replace_shipped)
         return 0
     if args.command == "eval":
         from .train.evaluate import TargetError, run as evaluate_run
