@@ -123,6 +123,18 @@ def test_eval_cli_on_a_run_matches_the_trainer(tmp_path, capsys):
     assert record["seeds"] == 1 and record["iteration"] == 0
     assert _means(record["metrics"]) == expected
     assert "eval_heldout_correct" in capsys.readouterr().out
+    # per shape: the mean over that shape's prompts (a partition of the set), weighted back to the set's mean
+    train = trainer.last_eval.sets["train"]
+    combos = torch.tensor(shapes.TRAIN)
+    total = 0.0
+    for i, name in enumerate(shapes.SHAPES):
+        mean, lo, hi = record["groups"]["train"][name]["correct"]
+        rows = combos[:, 1] == i
+        assert mean == pytest.approx(train.scores["correct"][rows].mean().item(), abs=1e-6)
+        assert lo <= mean <= hi
+        total += mean * rows.sum().item()
+    assert total / len(combos) == pytest.approx(record["metrics"]["eval_train_correct"], abs=1e-6)
+    assert set(record["groups"]["heldout"]) == set(shapes.SHAPES)
 
 
 def test_eval_cli_refuses_what_is_not_a_run_or_checkpoint(tmp_path, capsys):

@@ -4,7 +4,9 @@ training sampler, each score as the mean with a 95% confidence interval — in t
 
 Scores (``task.scores``): the reward; on the world also each reward component (``shapes.components``) and exact
 correctness (``shapes.correct``, 0/1). Keys in ``metrics.jsonl``: ``eval_<set>_<score>`` (the mean) and
-``eval_<set>_<score>_lo`` / ``_hi`` (the interval), sets ``train`` and (world) ``heldout``.
+``eval_<set>_<score>_lo`` / ``_hi`` (the interval), sets ``train`` and (world) ``heldout``. ``fastgrpo eval``
+also reports correctness and reward per group of prompts where the task defines groups (the world: per shape),
+with the same interval over the group's prompts.
 
 Noise: sample k of prompt i in set j starts from row i of randn((P, ...)) drawn with seed EVAL_SEED + 1000·j + k —
 the same for every checkpoint, every batch size and any larger ``eval_seeds``, so two evaluations are paired (the
@@ -119,6 +121,8 @@ class SetResult:
     """Score name → (P, S) values, prompts × seeds."""
     images: Tensor
     """Seed 0's images (min(P, GRID_PER_SET), C, H, W), on the CPU."""
+    groups: dict[str, Tensor] = field(default_factory=dict)
+    """Group name → bool mask over the prompts (the world: one per shape), from ``task.groups``."""
 
     @property
     def correct(self) -> Tensor | None:
@@ -143,6 +147,15 @@ class Evaluation:
                 if lo is not None:
                     out[f"eval_{name}_{score}_lo"], out[f"eval_{name}_{score}_hi"] = lo, hi
         out["t_eval"] = self.seconds
+        return out
+
+    def by_group(self, scores: tuple[str, ...] = ("correct", "reward")) -> dict[str, dict[str, dict]]:
+        """Set → group → score → (mean, lo, hi), the same interval over the group's prompts."""
+        out: dict[str, dict[str, dict]] = {}
+        for name, result in self.sets.items():
+            for group, mask in result.groups.items():
+                out.setdefault(name, {})[group] = {score: interval(result.scores[score][mask])
+                                                   for score in scores if score in result.scores and mask.any()}
         return out
 
     def grid(self) -> tuple[Tensor, list[str], Tensor | None]:
@@ -190,7 +203,8 @@ def evaluate(backbone, denoise, task, sigmas: Tensor, sampling, *, seeds: int, b
             if start < min(count, GRID_PER_SET):  # seed 0 comes first
                 grid.append(images[:max(0, min(count, GRID_PER_SET) - start)].float().cpu())
         scores = {key: torch.cat(chunks).view(seeds, count).t() for key, chunks in parts.items()}
-        result.sets[name] = SetResult(prompts.texts, scores, torch.cat(grid))
+        groups = task.groups(prompts) if hasattr(task, "groups") else {}
+        result.sets[name] = SetResult(prompts.texts, scores, torch.cat(grid), {g: m.cpu() for g, m in groups.items()})
     result.seconds = time.perf_counter() - started
     return result
 
@@ -306,10 +320,16 @@ def run(target: str | None, seeds: int | None = None, out: str | None = None, de
             lo, hi = metrics.get(key + "_lo"), metrics.get(key + "_hi")
             ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-"
             print(f"{key:<28}{value:>9.3f}  {ci}")
+    groups = evaluation.by_group()
+    for name, per_group in groups.items():
+        for group, values in per_group.items():
+            print(f"{name:<8} {group:<19}" + "  ".join(
+                f"{score} {mean:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+                for score, (mean, lo, hi) in values.items()))
     record = {"target": label, "iteration": iteration, "seeds": trainer.cfg.eval_seeds, "level": LEVEL,
               "interval": "t-interval over per-prompt means (df = prompts - 1)",
               "prompts": {n: len(r.prompts) for n, r in evaluation.sets.items()}, "seconds": evaluation.seconds,
-              "metrics": metrics}
+              "metrics": metrics, "groups": groups}
     if out is not None:
         from . import atomic
 

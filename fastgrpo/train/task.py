@@ -54,6 +54,10 @@ class WorldTask:
     def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
         return self._train_reward(images, prompts.meta.to(images.device))
 
+    def groups(self, prompts: Prompts) -> dict[str, Tensor]:
+        """The prompts of each shape (bool masks, one per class): where a gain or a failure sits."""
+        return {name: prompts.meta[:, 1] == i for i, name in enumerate(self.shapes.SHAPES)}
+
     def scores(self, images: Tensor, prompts: Prompts) -> dict[str, Tensor]:
         """Per-sample evaluation scores (B,): the world's reward, each of its components, exact correctness (0/1)."""
         combos = prompts.meta.to(images.device)
