@@ -213,7 +213,8 @@ def test_defaults():
     cfg = TrainConfig()
     assert cfg.reward.names == ["world"] and cfg.reward.weights == [] and cfg.reward.paths == {}
     assert cfg.branch.points == [0, 1, 2, 3] and cfg.branch.strides == [1, 2]
-    assert cfg.model.lora_targets == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert cfg.model.lora_targets == ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                      "ff.net.0.proj", "ff.net.2", "proj_out"]
     assert TrainConfig().reward.names is not cfg.reward.names  # no list shared between configs
 
 

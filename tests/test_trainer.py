@@ -98,11 +98,11 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 
 
 def test_window_schedules_and_flash_grid():
-    cfg = load_config(None, ("window.shift_interval=2",)).window
+    cfg = load_config(None, ("window.shift_interval=2", "window.schedule=progressive")).window
     starts = [window(cfg, 10, i, 100, 0)[0] for i in range(20)]
     assert starts[:6] == [0, 0, 1, 1, 2, 2] and max(starts) <= 8
     assert window(cfg, 10, 17, 100, 0) == (8, 9)  # clipped: the last step is always the ODE
-    frozen = load_config(None, ("window.schedule=frozen",)).window
+    frozen = load_config(None, ()).window  # the default
     assert {window(frozen, 10, i, 100, 0)[0] for i in range(50)} == {0}
     rand = load_config(None, ("window.schedule=random",)).window
     assert window(rand, 10, 5, 100, 0) == window(rand, 10, 5, 100, 0)
