@@ -1,8 +1,9 @@
-"""The alignment study on the embedded shapes world: every recipe config under the same training-time budget and
-seeds, evaluated on fixed seeds (training and held-out prompts), plus AdaGRPO's prompt-difficulty ablation.
+"""The alignment study on the embedded shapes world: every recipe config and a random-reward control under the same
+training-time budget and seeds, evaluated on fixed seeds (training and held-out prompts), plus AdaGRPO's
+prompt-difficulty ablation; every claim carries a 95% interval.
 
-    python -m benchmarks.study_shapes --budget 45 --seeds 1 --threads 2           # the committed 2-core results
-    python -m benchmarks.study_shapes --budget 60 --seeds 3 --evals 10 --jobs 14  # the full study, 16 cores
+    python -m benchmarks.study_shapes --budget 150 --seeds 3 --evals 3 --jobs 2 --threads 1  # 2 cores
+    python -m benchmarks.study_shapes --budget 60 --seeds 3 --evals 10 --jobs 14             # 16 cores
 
 Budgets count training time only (rollouts, rewards, advantages, updates); the ``--evals`` evaluations of a run
 are excluded and fall at the first iteration end past each multiple of ``budget/evals`` seconds (a step that crosses
@@ -10,19 +11,34 @@ two marks records its evaluation at both). A run is one (run kind, seed); ``--jo
 in a fresh spawned process, and every run (sequential or not) uses ``--threads`` torch threads so that runs do not
 fight over cores. Runs are ordered seed-major, so each wave of a parallel study holds every run kind.
 
-Run kinds: the recipes (``configs/<recipe>.yaml``) and ``default:<mode>`` for the selection ablation, all by
-default; ``--runs a,b,...`` keeps some of them. ``--extra NAME=RECIPE[:KEY=VALUE[,KEY=VALUE...]]`` (repeatable)
+Run kinds: the recipes (``configs/<recipe>.yaml``), ``control`` (the default recipe trained on a random reward,
+``reward.names=[world_random]``: uniform noise that ignores the image; its evaluation still reports the real reward
+and correctness, so it is the floor a real gain must clear) and ``default:<mode>`` for the selection ablation, all
+by default; ``--runs a,b,...`` keeps some of them. ``--extra NAME=RECIPE[:KEY=VALUE[,KEY=VALUE...]]`` (repeatable)
 adds a variant of a recipe with config overrides, e.g. ``--extra "default_lr5e-5=default:optim.lr=5e-5"``; a comma
 starts a new override only when ``key=`` follows it, so list values stay whole (``g2rpo:branch.points=0,1``).
 
+Statistics. The unit is the training seed: with n ≥ 2 seeds every final value (correctness, reward, iterations,
+s/iteration, time to threshold) is the mean x̄ with the 95% t-interval x̄ ± t(0.975, n − 1)·s/√n, s the sample
+standard deviation (n − 1). With one seed there is no interval over seeds: correctness and reward show the run's own
+evaluation interval over prompts (``eval_*_lo`` / ``_hi`` from the trainer's evaluation), and the notes say so.
+Differences between run kinds (default vs control, vs default:random, vs default:median; mixgrpo_flash vs mixgrpo)
+are Welch intervals: d = x̄_a − x̄_b, se² = s_a²/n_a + s_b²/n_b, df = se⁴ / ((s_a²/n_a)²/(n_a − 1) +
+(s_b²/n_b)²/(n_b − 1)) (Welch–Satterthwaite, rounded down, at least 1), d ± t(0.975, df)·se; a pair "separates"
+when the interval excludes 0. ``--threshold`` (default 0.85): training seconds at the first evaluation whose exact
+correctness on the training prompts reaches it, averaged over the seeds that reached it (reached/seeds).
+
 Writes into ``--out`` (default ``benchmarks/results/<device>/``): study_shapes.json (environment, setup, per-seed
-curves, rows), study_shapes.md (the table as mean ± sample std over seeds, the ablation), and the plots
-study_shapes_reward_vs_time.png (recipes and extras) and study_shapes_ablation_vs_time.png (mean over seeds).
+curves, rows with means and interval bounds, comparisons), study_shapes.md (the table as ``mean [lo, hi]``, the
+ablation against the paper's numbers) and the plots study_shapes_correct_vs_time.png and
+study_shapes_reward_vs_time.png (recipes, control and extras) and study_shapes_ablation_vs_time.png: the mean over
+seeds at each evaluation with a shaded 95% band over seeds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import re
 import shlex
@@ -38,7 +54,9 @@ from pathlib import Path
 import torch
 
 from fastgrpo.train import load_config
+from fastgrpo.train.evaluate import t_quantile
 from fastgrpo.train.loop import Trainer
+from fastgrpo.world import shapes
 
 try:
     from benchmarks import common
@@ -48,11 +66,15 @@ except ImportError:  # run as a script
 CONFIGS = Path(__file__).parents[1] / "configs"
 RECIPES = ["flow_grpo", "flow_grpo_fast", "dance_grpo", "flow_cps", "g2rpo", "stepwise_flow_grpo", "mixgrpo",
            "mixgrpo_flash", "adagrpo_flow_grpo", "default"]
+CONTROL = "control"
 ABLATION = ["random", "easiest", "hardest", "median"]  # "curriculum" is the default recipe itself
 ABLATION_RUNS = [f"default:{m}" for m in ABLATION]
 PAPER_ABLATION = {"curriculum": 14.99, "random": 14.71, "easiest": 14.39, "hardest": 14.73, "median": 14.87}
-KEYS = ("eval_train_reward", "eval_train_correct", "eval_heldout_reward", "eval_heldout_correct")
-TARGET_RUN = "flow_grpo"
+KEYS = ("eval_train_correct", "eval_train_reward", "eval_heldout_correct", "eval_heldout_reward")
+COMPARISONS = [("default", CONTROL), ("default", "default:random"), ("default", "default:median"),
+               ("mixgrpo_flash", "mixgrpo")]
+LEVEL = 0.95
+THRESHOLD = 0.85
 
 
 @dataclass(frozen=True)
@@ -63,8 +85,9 @@ class Run:
 
 
 def builtin_runs() -> list[Run]:
-    return [Run(r, r) for r in RECIPES] + [Run(f"default:{m}", "default", (f"adagrpo.selection={m}",))
-                                           for m in ABLATION]
+    """The recipes, then the random-reward control, then the selection ablation."""
+    return ([Run(r, r) for r in RECIPES] + [Run(CONTROL, "default", ("reward.names=[world_random]",))]
+            + [Run(f"default:{m}", "default", (f"adagrpo.selection={m}",)) for m in ABLATION])
 
 
 _OVERRIDE_START = re.compile(r",(?=\s*[A-Za-z_][\w.]*=)")
@@ -108,11 +131,15 @@ def select_runs(names: str | None, extras: list[str]) -> list[Run]:
     return runs
 
 
+def run_config(run: Run, seed: int, device: str, tmp: str):
+    """The run's recipe with its overrides, for one seed, training without an iteration limit."""
+    return load_config(str(CONFIGS / f"{run.recipe}.yaml"),
+                       run.overrides + (f"seed={seed}", "iterations=100000", f"device={device}", f"out_dir={tmp}"))
+
+
 def run_one(run: Run, seed: int, budget: float, evals: int, device: str, tmp: str) -> list[dict]:
     """Train for ``budget`` seconds of training time; the curve holds evals + 1 points (time 0, then one per mark)."""
-    cfg = load_config(str(CONFIGS / f"{run.recipe}.yaml"),
-                      run.overrides + (f"seed={seed}", "iterations=100000", f"device={device}", f"out_dir={tmp}"))
-    trainer = Trainer(cfg)
+    trainer = Trainer(run_config(run, seed, device, tmp))
     curve = [{"time": 0.0, "iteration": 0, **trainer.evaluate()}]
     interval, spent = budget / evals, 0.0
     while len(curve) <= evals:
@@ -155,8 +182,8 @@ def execute(runs: list[Run], seeds: int, budget: float, evals: int, device: str,
             print(f"{head}: FAILED\n{error}", flush=True)
             return
         curves[run.name][seed] = curve
-        print(f"{head}: eval train reward {curve[0]['eval_train_reward']:.3f} → {curve[-1]['eval_train_reward']:.3f}"
-              f" in {curve[-1]['iteration']} iterations", flush=True)
+        print(f"{head}: eval train correct {curve[0]['eval_train_correct']:.3f} → "
+              f"{curve[-1]['eval_train_correct']:.3f} in {curve[-1]['iteration']} iterations", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         if jobs == 1:
@@ -176,71 +203,128 @@ def execute(runs: list[Run], seeds: int, budget: float, evals: int, device: str,
     return {name: [by_seed[s] for s in sorted(by_seed)] for name, by_seed in curves.items()}, failures
 
 
-# ---- aggregation ---------------------------------------------------------------------------------------------
-def mean_std(values) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n − 1) of the values that are not None; std None below two values."""
+# ---- statistics ----------------------------------------------------------------------------------------------
+def t_interval(values, level: float = LEVEL) -> tuple[float | None, float | None, float | None]:
+    """(mean, lo, hi) of the values that are not None: x̄ ± t((1 + level)/2, n − 1)·s/√n with s the sample standard
+    deviation (n − 1); lo = hi = None for one value, all None for none."""
     values = [float(v) for v in values if v is not None]
     if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+        return None, None, None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    half = t_quantile(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
-def time_to(curve: list[dict], target: float, key: str = "eval_train_reward") -> float | None:
+def welch(a, b, level: float = LEVEL) -> dict:
+    """Welch's interval for mean(a) − mean(b) (each at least two values): d = x̄_a − x̄_b, v = s²/n per side,
+    se = √(v_a + v_b), df = (v_a + v_b)² / (v_a²/(n_a − 1) + v_b²/(n_b − 1)) rounded down (at least 1; n_a + n_b − 2
+    when both variances are 0), d ± t((1 + level)/2, df)·se; ``separates`` when the interval excludes 0."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"welch needs at least two values per side, got {len(a)} and {len(b)}")
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    denominator = va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)
+    # + 1e-9: an integer df (equal n and variances give 2(n − 1)) must not round down past itself
+    df = max(1, math.floor((va + vb) ** 2 / denominator + 1e-9)) if denominator > 0 else len(a) + len(b) - 2
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    half = t_quantile(0.5 + level / 2, df) * math.sqrt(va + vb)
+    lo, hi = diff - half, diff + half
+    return {"diff": diff, "lo": lo, "hi": hi, "df": df, "n_a": len(a), "n_b": len(b),
+            "separates": lo > 0 or hi < 0}
+
+
+# ---- aggregation ---------------------------------------------------------------------------------------------
+def time_to(curve: list[dict], target: float, key: str = "eval_train_correct") -> float | None:
     """Training seconds at the first evaluation whose ``key`` reaches ``target``; None if none does. An upper bound:
     the evaluations fall every ``budget/evals`` seconds, at the end of the step that crosses the mark."""
     return next((p["time"] for p in curve if p[key] >= target), None)
 
 
-def mean_curve(curves: list[list[dict]], key: str = "eval_train_reward") -> list[tuple[float, float]]:
+def mean_curve(curves: list[list[dict]], key: str = "eval_train_correct") -> list[tuple[float, float]]:
     """(mean time, mean ``key``) over seeds of the k-th evaluation, for every k that all seeds have."""
+    return [(t, mean) for t, mean, _, _ in curve_band(curves, key)]
+
+
+def curve_band(curves: list[list[dict]], key: str = "eval_train_correct"
+               ) -> list[tuple[float, float, float | None, float | None]]:
+    """(mean time, mean, lo, hi) over seeds of the k-th evaluation's ``key``, for every k that all seeds have; lo
+    and hi are the t-interval over seeds (``t_interval``), None for one seed."""
     length = min(map(len, curves))
-    return [(statistics.fmean(c[k]["time"] for c in curves), statistics.fmean(c[k][key] for c in curves))
+    return [(statistics.fmean(c[k]["time"] for c in curves), *t_interval(c[k][key] for c in curves))
             for k in range(length)]
 
 
-def summarize(name: str, curves: list[list[dict]], target: float | None) -> dict:
-    """One row: start values, final values, iterations, s/iteration and the time to ``target`` (mean and std over
-    seeds; the time over the seeds that reached it, counted in ``reached``)."""
-    row: dict = {"run": name, "seeds": len(curves)}
+def _final(curves: list[list[dict]], key: str) -> tuple[float, float | None, float | None]:
+    """The final ``key`` over seeds: the t-interval over seeds, or for one seed the run's own evaluation interval
+    over prompts (``key_lo`` / ``key_hi`` of its last point; None where the evaluation had none)."""
+    if len(curves) > 1:
+        return t_interval(c[-1][key] for c in curves)
+    last = curves[0][-1]
+    return last[key], last.get(key + "_lo"), last.get(key + "_hi")
+
+
+def _put(row: dict, column: str, stats: tuple) -> None:
+    row[column], row[column + "_lo"], row[column + "_hi"] = stats
+
+
+def summarize(name: str, curves: list[list[dict]], threshold: float = THRESHOLD) -> dict:
+    """One row: start values (mean over seeds), final values, iterations, s/iteration and the training seconds to
+    ``threshold`` train correctness, each as mean, ``_lo`` and ``_hi`` (``_final`` / ``t_interval``); the time over
+    the seeds that reached it, counted in ``reached``. ``interval`` says what the brackets span: seeds or prompts."""
+    row: dict = {"run": name, "seeds": len(curves), "interval": "seeds" if len(curves) > 1 else "prompts"}
     for key in KEYS[:2]:
-        row[key.removeprefix("eval_") + "_start"] = mean_std(c[0][key] for c in curves)[0]
-    finals = {key.removeprefix("eval_"): [c[-1][key] for c in curves] for key in KEYS}
-    finals["iterations"] = [c[-1]["iteration"] for c in curves]
-    finals["s_per_iteration"] = [c[-1]["time"] / max(1, c[-1]["iteration"]) for c in curves]
-    if target is not None:
-        reach = [time_to(c, target) for c in curves]
-        finals[f"s_to_{TARGET_RUN}_final"] = reach
-        row["reached"] = sum(r is not None for r in reach)
-    for column, values in finals.items():
-        row[column], row[column + "_std"] = mean_std(values)
+        row[key.removeprefix("eval_") + "_start"] = statistics.fmean(c[0][key] for c in curves)
+    for key in KEYS:
+        _put(row, key.removeprefix("eval_"), _final(curves, key))
+    _put(row, "iterations", t_interval(c[-1]["iteration"] for c in curves))
+    _put(row, "s_per_iteration", t_interval(c[-1]["time"] / max(1, c[-1]["iteration"]) for c in curves))
+    reach = [time_to(c, threshold) for c in curves]
+    _put(row, "s_to_threshold", t_interval(reach))
+    row["threshold"], row["reached"] = threshold, sum(r is not None for r in reach)
     return row
 
 
+def comparisons(results: dict[str, list[list[dict]]], key: str = "eval_train_correct") -> list[dict]:
+    """``welch`` on the final ``key`` of each COMPARISONS pair whose run kinds both have at least two seeds."""
+    out = []
+    for a, b in COMPARISONS:
+        if len(results.get(a, [])) >= 2 and len(results.get(b, [])) >= 2:
+            finals = [[c[-1][key] for c in results[name]] for name in (a, b)]
+            out.append({"a": a, "b": b, "key": key, **welch(*finals)})
+    return out
+
+
+def comparison_note(c: dict) -> str:
+    verdict = "separates" if c["separates"] else "0 is inside the interval (no difference shown)"
+    return (f"{c['a']} − {c['b']}, final train correctness: {c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] "
+            f"(Welch 95%, df {c['df']}, {c['n_a']} and {c['n_b']} seeds): {verdict}.")
+
+
 # ---- outputs -------------------------------------------------------------------------------------------------
-_FORMATS = {"iterations": "{:.1f}", "s_per_iteration": "{:.2f}", f"s_to_{TARGET_RUN}_final": "{:.0f}"}
+_FORMATS = {"iterations": "{:.1f}", "s_per_iteration": "{:.2f}", "s_to_threshold": "{:.0f}"}
 
 
 def cell(row: dict, column: str) -> str:
-    """``mean ± std`` (``mean`` alone for one seed, ``–`` for None) in the column's format."""
-    mean, std = row.get(column), row.get(column + "_std")
+    """``mean [lo, hi]`` (``mean`` alone without an interval, ``–`` for None) in the column's format."""
+    mean, lo, hi = row.get(column), row.get(column + "_lo"), row.get(column + "_hi")
     if mean is None:
         return "–"
-    fmt = _FORMATS.get(column, "{:.3f}")
-    return fmt.format(mean) + (" ± " + fmt.format(std) if std is not None else "")
+    fmt = _FORMATS.get(column, "{:.3f}").format
+    return fmt(mean) + (f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else "")
 
 
 def table(rows: list[dict]) -> list[dict]:
-    target = f"s_to_{TARGET_RUN}_final"
     shown = []
     for row in rows:
         line = {"run": row["run"], "seeds": row["seeds"],
-                "train_reward_start": f"{row['train_reward_start']:.3f}",
-                "train_correct_start": f"{row['train_correct_start']:.3f}"}
-        for column in ("train_reward", "train_correct", "heldout_reward", "heldout_correct", "iterations",
+                "train_correct_start": f"{row['train_correct_start']:.3f}",
+                "train_reward_start": f"{row['train_reward_start']:.3f}"}
+        for column in ("train_correct", "train_reward", "heldout_correct", "heldout_reward", "iterations",
                        "s_per_iteration"):
             line[column] = cell(row, column)
-        if target in row:
-            line[target] = cell(row, target) + f" ({row['reached']}/{row['seeds']})"
+        line[f"s_to_correct_{row['threshold']:g}"] = cell(row, "s_to_threshold") + f" ({row['reached']}/{row['seeds']})"
         shown.append(line)
     return shown
 
@@ -251,58 +335,63 @@ def ablation_table(rows: list[dict]) -> list[dict]:
     for mode, paper in PAPER_ABLATION.items():
         row = by_name.get("default" if mode == "curriculum" else f"default:{mode}")
         if row is not None:
-            out.append({"selection": mode, **{c: cell(row, c) for c in ("train_reward", "train_correct",
-                                                                         "heldout_reward", "heldout_correct")},
+            out.append({"selection": mode, **{c: cell(row, c) for c in ("train_correct", "train_reward",
+                                                                         "heldout_correct", "heldout_reward")},
                         "paper_hps_v3": f"{paper:.2f}"})
     return out
 
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 0, 0),
-            (0, 128, 0), (255, 215, 0), (0, 0, 0), (70, 240, 240)]
+def plot(bands: dict[str, list[tuple]], path: Path, title: str, ylabel: str) -> None:
+    """One line per run kind of (training seconds, mean over seeds), with its 95% band over seeds shaded where
+    there is one (``curve_band``); matplotlib's Agg backend, legend outside on the right."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colours = plt.get_cmap("tab10" if len(bands) <= 10 else "tab20")
+    for i, (name, band) in enumerate(bands.items()):
+        colour = colours(i % colours.N)
+        times, means = [p[0] for p in band], [p[1] for p in band]
+        ax.plot(times, means, marker="o", markersize=3, color=colour, label=name)
+        if all(p[2] is not None for p in band):
+            ax.fill_between(times, [p[2] for p in band], [p[3] for p in band], color=colour, alpha=0.15)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
-def plot(lines: dict[str, list[tuple[float, float]]], path: Path, title: str, size=(760, 420)) -> None:
-    """Lines of (training seconds, eval train reward) with a fitted y axis and a legend on the right."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    left, top, right, bottom = 50, 28, size[0] - 190, size[1] - 36
-    points = [p for line in lines.values() for p in line]
-    x_max = max((t for t, _ in points), default=1.0) or 1.0
-    y_lo, y_hi = min((y for _, y in points), default=0.0), max((y for _, y in points), default=1.0)
-    pad = max(0.005, 0.05 * (y_hi - y_lo))
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-
-    def xy(t: float, y: float) -> tuple[float, float]:
-        return left + t / x_max * (right - left), bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
-
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    draw.text((left, 8), title, fill=(0, 0, 0))
-    for k in range(5):
-        y = y_lo + k / 4 * (y_hi - y_lo)
-        draw.text((4, xy(0, y)[1] - 6), f"{y:.3f}", fill=(0, 0, 0))
-        t = k / 4 * x_max
-        draw.text((xy(t, y_lo)[0] - 8, bottom + 4), f"{t:.0f}", fill=(0, 0, 0))
-    draw.text(((left + right) // 2 - 50, bottom + 18), "training seconds", fill=(0, 0, 0))
-    for i, (name, line) in enumerate(lines.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        if len(line) > 1:
-            draw.line([xy(t, y) for t, y in line], fill=colour, width=2)
-        draw.line([(right + 10, top + 6 + 16 * i), (right + 30, top + 6 + 16 * i)], fill=colour, width=3)
-        draw.text((right + 36, top + 16 * i), name, fill=colour)
-    img.save(path)
+def plots(folder: Path, results: dict[str, list[list[dict]]], seeds: int, eval_seeds: int) -> None:
+    """study_shapes_correct_vs_time.png and study_shapes_reward_vs_time.png (every run kind but the ablation's)
+    and study_shapes_ablation_vs_time.png (default and default:<mode>, where there is one)."""
+    band = "95% t-band over seeds" if seeds > 1 else "one seed, no band"
+    about = (f"mean over {seeds} training seed(s), {band}; {len(shapes.TRAIN)} training prompts × {eval_seeds} "
+             "eval seeds")
+    main = {n: c for n, c in results.items() if n not in ABLATION_RUNS}
+    ablation = {n: c for n, c in results.items() if n in ["default"] + ABLATION_RUNS}
+    correct, reward = "exact correctness (fraction)", "world reward (mean over prompts)"
+    figures = [("correct", main, "eval_train_correct", correct, "exact correctness on training prompts"),
+               ("reward", main, "eval_train_reward", reward, "reward on training prompts"),
+               ("ablation", ablation if len(ablation) > 1 else {}, "eval_train_correct", correct,
+                "AdaGRPO selection ablation: exact correctness on training prompts")]
+    for stem, chosen, key, ylabel, what in figures:
+        if chosen:
+            plot({n: curve_band(c, key) for n, c in chosen.items()}, folder / f"study_shapes_{stem}_vs_time.png",
+                 f"{what} vs training seconds\n{about}", ylabel)
 
 
 def write(folder: Path, device: torch.device, setup: dict, runs: list[Run], results: dict[str, list[list[dict]]],
-          rows: list[dict], notes: list[str]) -> Path:
+          rows: list[dict], compared: list[dict], notes: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     env = common.environment(device)
     json_path, md_path = folder / "study_shapes.json", folder / "study_shapes.md"
     json_path.write_text(json.dumps({"benchmark": "study_shapes", "environment": env, "setup": setup,
-                                     "runs": [asdict(r) for r in runs], "rows": rows, "notes": notes,
-                                     "curves": results}, indent=1) + "\n")
+                                     "runs": [asdict(r) for r in runs], "rows": rows, "comparisons": compared,
+                                     "notes": notes, "curves": results}, indent=1) + "\n")
     header = (f"# study_shapes\n\nDevice: {env['device']} · date: {env['date']} · command: `{setup['command']}` · "
               f"commit: {env['commit']} · torch {env['torch']}, Python {env['python']} · CPU: {setup['cpu']} · "
               f"{setup['jobs']} job(s) × {setup['threads_per_run']} thread(s) per run "
@@ -318,6 +407,40 @@ def write(folder: Path, device: torch.device, setup: dict, runs: list[Run], resu
     return folder
 
 
+def study_notes(args, runs: list[Run], rows: list[dict], compared: list[dict], eval_seeds: int) -> list[str]:
+    """The md/JSON notes: setup and statistics, the single-seed caveat, threshold, control, ablation, extras."""
+    notes = [
+        f"Training-time budget {args.budget:g} s per run, {args.seeds} training seed(s) per run kind; {args.evals} "
+        f"fixed-seed ODE evaluations per run of the {len(shapes.TRAIN)} training and {len(shapes.HELD_OUT)} "
+        f"held-out prompts × {eval_seeds} eval seeds (every {args.budget / args.evals:g} s of training, excluded "
+        f"from the budget); *_start is before training (mean over seeds). {args.jobs} run(s) at a time, "
+        f"{args.threads} torch thread(s) each.",
+        "Cells are mean [95% interval]: over training seeds, x̄ ± t(0.975, n − 1)·s/√n (s the sample std).",
+    ]
+    single = [r["run"] for r in rows if r["seeds"] == 1]
+    if single:
+        notes.append(f"One seed ({', '.join(single)}): no interval over training seeds; the correctness and reward "
+                     "brackets are the run's own evaluation interval over prompts (t-interval over the per-prompt "
+                     "means of the eval seeds), which leaves out seed-to-seed variation; iterations, s/iteration "
+                     "and times show the value alone.")
+    notes.append(f"s_to_correct_{args.threshold:g}: training seconds until the exact correctness on the training "
+                 f"prompts first reached {args.threshold:g}, seen at the evaluations (so up to "
+                 f"{args.budget / args.evals:g} s plus one step late); mean [interval] over the seeds that "
+                 "reached it (reached/seeds), – if none did.")
+    if any(r.name == CONTROL for r in runs):
+        notes.append("control: the default recipe trained on a random reward (reward.names=[world_random], uniform "
+                     "noise that ignores the image); its evaluation reports the real reward and correctness, so it "
+                     "is the floor a real gain must clear.")
+    notes += [comparison_note(c) for c in compared]
+    if any(r.name in ABLATION_RUNS for r in runs):
+        notes.append("default:<mode> rows are AdaGRPO's prompt-difficulty ablation (its paper, HPS-v3 on FLUX: "
+                     "random 14.71, easiest 14.39, hardest 14.73, medium 14.87, curriculum 14.99).")
+    for run in runs:
+        if run.name not in RECIPES + [CONTROL] + ABLATION_RUNS:
+            notes.append(f"{run.name}: configs/{run.recipe}.yaml with {', '.join(run.overrides) or 'no overrides'}.")
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,8 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evals", type=int, default=5, help="evaluations per run after the initial one (default 5)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    parser.add_argument("--runs", default=None, help="comma-separated run kinds (default: every recipe and "
-                                                      "default:<mode> of the ablation)")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+                        help=f"train correctness whose time to reach is reported (default {THRESHOLD})")
+    parser.add_argument("--runs", default=None, help="comma-separated run kinds (default: every recipe, control "
+                                                      "and default:<mode> of the ablation)")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=RECIPE[:KEY=VALUE[,KEY=VALUE...]]",
                         help="add a variant of a recipe with overrides (repeatable)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -337,12 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.budget, args.seeds, args.evals, args.jobs, args.threads) <= 0:
         parser.error("--budget, --seeds, --evals, --jobs and --threads must be positive")
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error("--threshold is a correctness fraction in [0, 1]")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     try:
         runs = select_runs(args.runs, args.extra)
     except ValueError as err:
         parser.error(str(err))
+    eval_seeds = load_config(str(CONFIGS / "default.yaml")).eval_seeds
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # the parent trains too when --jobs 1; recorded as torch_threads
     started = time.perf_counter()
@@ -351,53 +479,19 @@ def main(argv: list[str] | None = None) -> int:
     cores = min(args.jobs, len(runs) * args.seeds) * args.threads
     runs = [r for r in runs if results[r.name]]
     results = {r.name: results[r.name] for r in runs}
-    target = None
-    if TARGET_RUN in results:
-        target = statistics.fmean(c[-1]["eval_train_reward"] for c in results[TARGET_RUN])
-    rows = [summarize(name, curves, target) for name, curves in results.items()]
+    rows = [summarize(name, curves, args.threshold) for name, curves in results.items()]
+    compared = comparisons(results)
     # the exact invocation, shell-quoted (--extra values keep their spaces and commas), paths repo-relative
     command = shlex.join(["python", "-m", "benchmarks.study_shapes", *argv]).replace(str(common.REPO) + "/", "")
     setup = {"command": command, "device": args.device, "cpu": common.device_name(torch.device("cpu")),
              "jobs": args.jobs, "threads_per_run": args.threads, "cores_used": cores,
-             "budget_s": args.budget, "seeds": args.seeds, "evals_per_run": args.evals, "wall_s": wall}
-    notes = [
-        f"Training-time budget {args.budget:.0f} s per run, {args.seeds} seed(s) (mean ± sample std over seeds), "
-        f"{args.evals} fixed-seed ODE evaluations of the 64 training and 11 held-out prompts per run (every "
-        f"{args.budget / args.evals:.0f} s of training, excluded from the budget); *_start is before training. "
-        f"{args.jobs} run(s) at a time, {args.threads} torch thread(s) each.",
-    ]
-    if target is not None:
-        notes.append(f"s_to_{TARGET_RUN}_final: training seconds until the eval train reward first reached "
-                     f"Flow-GRPO's final value, mean over seeds ({target:.3f}), seen at the evaluations (so up to "
-                     f"{args.budget / args.evals:.0f} s plus one step late); mean ± std over the seeds that reached "
-                     "it (reached/seeds), – if none did.")
-        by_name = {r["run"]: r for r in rows}
-        if "default" in by_name:
-            default, flow = by_name["default"], by_name[TARGET_RUN]
-            reach = default[f"s_to_{TARGET_RUN}_final"]
-            notes.append(
-                f"Goal (issue 7): the default (AdaGRPO + MixGRPO) beats Flow-GRPO's final reward "
-                f"({flow['train_reward']:.3f}) and reaches it in ≤ 50% of the time: final "
-                f"{default['train_reward']:.3f} → "
-                f"{'beats' if default['train_reward'] > flow['train_reward'] else 'does NOT beat'} it; reached in "
-                f"{default['reached']}/{default['seeds']} seed(s)"
-                + (f", after {reach:.0f} s of {args.budget:.0f} s on average." if reach is not None else "."))
-    if any(name in ABLATION_RUNS for name in results):
-        notes.append("default:<mode> rows are AdaGRPO's prompt-difficulty ablation (its paper, HPS-v3 on FLUX: "
-                     "random 14.71, easiest 14.39, hardest 14.73, medium 14.87, curriculum 14.99).")
-    for run in runs:
-        if run.name not in RECIPES + ABLATION_RUNS:
-            notes.append(f"{run.name}: configs/{run.recipe}.yaml with {', '.join(run.overrides) or 'no overrides'}.")
-    notes += [f"FAILED: {f}" for f in failures]
+             "budget_s": args.budget, "seeds": args.seeds, "evals_per_run": args.evals, "eval_seeds": eval_seeds,
+             "threshold": args.threshold, "train_prompts": len(shapes.TRAIN),
+             "heldout_prompts": len(shapes.HELD_OUT), "wall_s": wall}
+    notes = study_notes(args, runs, rows, compared, eval_seeds) + [f"FAILED: {f}" for f in failures]
     folder = Path(args.out) if args.out else common.RESULTS / common.device_slug(device)
-    write(folder, device, setup, runs, results, rows, notes)
-    lines = {n: mean_curve(c) for n, c in results.items() if n not in ABLATION_RUNS}
-    plot(lines, folder / "study_shapes_reward_vs_time.png",
-         f"eval train reward vs training seconds (mean of {args.seeds} seed(s))")
-    ablation = {n: mean_curve(c) for n, c in results.items() if n in ["default"] + ABLATION_RUNS}
-    if len(ablation) > 1:
-        plot(ablation, folder / "study_shapes_ablation_vs_time.png",
-             f"AdaGRPO selection ablation (mean of {args.seeds} seed(s))")
+    write(folder, device, setup, runs, results, rows, compared, notes)
+    plots(folder, results, args.seeds, eval_seeds)
     return 1 if failures else 0
 
 
