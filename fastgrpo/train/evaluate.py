@@ -203,8 +203,8 @@ def evaluate(backbone, denoise, task, sigmas: Tensor, sampling, *, seeds: int, b
             if start < min(count, GRID_PER_SET):  # seed 0 comes first
                 grid.append(images[:max(0, min(count, GRID_PER_SET) - start)].float().cpu())
         scores = {key: torch.cat(chunks).view(seeds, count).t() for key, chunks in parts.items()}
-        groups = task.groups(prompts) if hasattr(task, "groups") else {}
-        result.sets[name] = SetResult(prompts.texts, scores, torch.cat(grid), {g: m.cpu() for g, m in groups.items()})
+        groups = {g: m.cpu() for g, m in task.groups(prompts).items()}
+        result.sets[name] = SetResult(prompts.texts, scores, torch.cat(grid), groups)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -105,6 +105,10 @@ class PromptTask:
     def reward(self, images: Tensor, prompts: Prompts) -> Tensor:
         return self.reward_matrix(images, prompts) @ self.weights.to(images.device)
 
+    def groups(self, prompts: Prompts) -> dict[str, Tensor]:
+        """No groups: free-text prompts have no classes to break the evaluation down by."""
+        return {}
+
     def scores(self, images: Tensor, prompts: Prompts) -> dict[str, Tensor]:
         """Per-sample evaluation scores (B,): the weighted reward, and each reward of several."""
         matrix = self.reward_matrix(images, prompts)

@@ -28,17 +28,20 @@ import torch
 from . import World, WEIGHTS, shapes, velocity
 
 
+_COMBOS = torch.tensor(shapes.TRAIN)
+_OPTIONS = torch.tensor([[s for s in range(len(shapes.SHAPES)) if (c, s, p) in shapes.TRAIN]
+                         for c, _, p in shapes.TRAIN])
+"""Row i: the training shapes of ``shapes.TRAIN[i]``'s colour and position — what a noisy caption may name."""
+
+
 def noisy_captions(pick: torch.Tensor, caption_noise: float, gen: torch.Generator) -> torch.Tensor:
     """What the captions of ``shapes.TRAIN[pick]`` say, (N, 3) (colour, shape, position): with probability
     ``caption_noise`` the shape is replaced by one drawn uniformly from the training shapes of the same colour and
     position (possibly the true one), so a held-out combination is never named."""
-    combos = torch.tensor(shapes.TRAIN)
-    options = torch.tensor([[s for s in range(len(shapes.SHAPES)) if (c, s, p) in shapes.TRAIN]
-                            for c, _, p in shapes.TRAIN])
-    said = combos[pick].clone()
+    said = _COMBOS[pick].clone()
     noisy = torch.rand(len(pick), generator=gen) < caption_noise
-    choice = torch.randint(0, options.shape[1], (len(pick),), generator=gen)
-    said[:, 1] = torch.where(noisy, options[pick, choice], said[:, 1])
+    choice = torch.randint(0, _OPTIONS.shape[1], (len(pick),), generator=gen)
+    said[:, 1] = torch.where(noisy, _OPTIONS[pick, choice], said[:, 1])
     return said
 
 
@@ -46,12 +49,11 @@ def _stage(world: World, steps: int, lr: float, caption_noise: float, seed: int,
            name: str) -> None:
     """``steps`` AdamW steps of the flow-matching loss on rendered shapes with noisy captions, in place."""
     gen = torch.Generator().manual_seed(seed)
-    combos = torch.tensor(shapes.TRAIN)
     opt = torch.optim.AdamW(world.transformer.parameters(), lr=lr, weight_decay=0.0)
     ema_loss = None
     for step in range(1, steps + 1):
-        pick = torch.randint(0, len(combos), (batch,), generator=gen)
-        x0 = world.codec.encode(shapes.render(combos[pick], gen))
+        pick = torch.randint(0, len(_COMBOS), (batch,), generator=gen)
+        x0 = world.codec.encode(shapes.render(_COMBOS[pick], gen))
         drop = torch.rand(batch, generator=gen) < 0.1
         said = noisy_captions(pick, caption_noise, gen)
         text = world.encode_prompts(["" if d else shapes.prompt(tuple(c)) for c, d in zip(said.tolist(),
