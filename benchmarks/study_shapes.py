@@ -33,6 +33,12 @@ curves, rows with means and interval bounds, comparisons), study_shapes.md (the 
 ablation against the paper's numbers) and the plots study_shapes_correct_vs_time.png and
 study_shapes_reward_vs_time.png (recipes, control and extras) and study_shapes_ablation_vs_time.png: the mean over
 seeds at each evaluation with a shaded 95% band over seeds.
+
+``--merge FILE`` extends an earlier study (its study_shapes.json) instead of repeating it: its curves join this
+call's for the run kinds this call does not train (a kind trained in both takes this call's curves), and every row,
+comparison and plot is computed over the union. The earlier study must have used the same budget, seeds, evals,
+eval seeds, jobs and threads (a mismatch is an error naming the setting); its command, commit, date and wall time
+are kept under ``setup.merged``.
 """
 from __future__ import annotations
 
@@ -129,6 +135,40 @@ def select_runs(names: str | None, extras: list[str]) -> list[Run]:
     if not runs:
         raise ValueError("no runs selected")
     return runs
+
+
+MERGE_KEYS = {"budget_s": "budget", "seeds": "seeds", "evals_per_run": "evals", "jobs": "jobs",
+              "threads_per_run": "threads"}
+
+
+def load_merge(path: str, args, eval_seeds: int) -> dict:
+    """The earlier study at ``path``, checked to be comparable with this call (same budget, seeds, evals, eval seeds,
+    jobs and threads): a ValueError names the first setting that differs."""
+    try:
+        data = json.loads(Path(path).read_text())
+        setup, runs, curves = data["setup"], data["runs"], data["curves"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--merge {path}: not a study_shapes.json ({err})") from None
+    for key, option in MERGE_KEYS.items():
+        if setup.get(key) != getattr(args, option):
+            raise ValueError(f"--merge {path}: its --{option} was {setup.get(key)}, this call's is "
+                             f"{getattr(args, option)}; merged studies must share it")
+    if setup.get("eval_seeds") != eval_seeds:
+        raise ValueError(f"--merge {path}: evaluated on {setup.get('eval_seeds')} eval seeds, this call on "
+                         f"{eval_seeds} (configs/default.yaml eval_seeds)")
+    env = data.get("environment", {})
+    history = setup.get("merged", []) + [{"command": setup.get("command"), "commit": env.get("commit"),
+                                           "date": env.get("date"), "wall_s": setup.get("wall_s")}]
+    return {"runs": [Run(r["name"], r["recipe"], tuple(r["overrides"])) for r in runs], "curves": curves,
+            "history": history}
+
+
+def merge_runs(new: list[Run], old: list[Run]) -> list[Run]:
+    """The union, in the study's order (built-in kinds first, then extras as they came); a kind in both is new's."""
+    names = {r.name for r in new}
+    union = new + [r for r in old if r.name not in names]
+    order = {r.name: i for i, r in enumerate(builtin_runs())}
+    return sorted(union, key=lambda r: order.get(r.name, len(order)))  # stable: extras keep their order
 
 
 def run_config(run: Run, seed: int, device: str, tmp: str):
@@ -396,6 +436,9 @@ def write(folder: Path, device: torch.device, setup: dict, runs: list[Run], resu
               f"commit: {env['commit']} · torch {env['torch']}, Python {env['python']} · CPU: {setup['cpu']} · "
               f"{setup['jobs']} job(s) × {setup['threads_per_run']} thread(s) per run "
               f"({setup['cores_used']} cores used) · study wall time {setup['wall_s']:.0f} s\n")
+    for part in setup.get("merged", []):
+        header += (f"\nMerged with an earlier study: `{part['command']}` · commit: {part['commit']} · date: "
+                   f"{part['date']} · wall time {part['wall_s']:.0f} s\n")
     md = header + "\n" + "".join(f"- {n}\n" for n in notes) + "\n" + common.markdown_table(table(rows)) + "\n"
     ablation = ablation_table(rows)
     if ablation:
@@ -458,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the runs train (default cpu, the configs' device)")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<device>/")
+    parser.add_argument("--merge", default=None, metavar="FILE",
+                        help="an earlier study_shapes.json (same budget, seeds, evals, jobs, threads) whose other "
+                             "run kinds join this one's")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if min(args.budget, args.seeds, args.evals, args.jobs, args.threads) <= 0:
@@ -471,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     eval_seeds = load_config(str(CONFIGS / "default.yaml")).eval_seeds
+    merged = None
+    if args.merge:
+        try:
+            merged = load_merge(args.merge, args, eval_seeds)
+        except ValueError as err:
+            parser.error(str(err))
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # the parent trains too when --jobs 1; recorded as torch_threads
     started = time.perf_counter()
@@ -478,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     cores = min(args.jobs, len(runs) * args.seeds) * args.threads
     runs = [r for r in runs if results[r.name]]
+    if merged:
+        results = {**{r.name: merged["curves"][r.name] for r in merged["runs"] if r.name in merged["curves"]},
+                   **{r.name: results[r.name] for r in runs}}
+        runs = [r for r in merge_runs(runs, merged["runs"]) if results.get(r.name)]
     results = {r.name: results[r.name] for r in runs}
     rows = [summarize(name, curves, args.threshold) for name, curves in results.items()]
     compared = comparisons(results)
@@ -488,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
              "budget_s": args.budget, "seeds": args.seeds, "evals_per_run": args.evals, "eval_seeds": eval_seeds,
              "threshold": args.threshold, "train_prompts": len(shapes.TRAIN),
              "heldout_prompts": len(shapes.HELD_OUT), "wall_s": wall}
+    if merged:
+        setup["merged"] = merged["history"]
     notes = study_notes(args, runs, rows, compared, eval_seeds) + [f"FAILED: {f}" for f in failures]
     folder = Path(args.out) if args.out else common.RESULTS / common.device_slug(device)
     write(folder, device, setup, runs, results, rows, compared, notes)

@@ -276,3 +276,31 @@ def test_main_with_one_seed_marks_the_evaluation_interval(fake, tmp_path):
     assert "One seed (default, control)" in md and "evaluation interval over prompts" in md
     assert _is_png(tmp_path / "study_shapes_correct_vs_time.png")
     assert not (tmp_path / "study_shapes_ablation_vs_time.png").exists()  # the default alone: no ablation plot
+
+
+def test_merge_extends_an_earlier_study_and_refuses_a_different_setup(fake, tmp_path):
+    threads = str(torch.get_num_threads())
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = ["--budget", "60", "--seeds", "2", "--threads", threads]
+    assert study.main(base + ["--runs", "default,control", "--out", str(first)]) == 0
+    earlier = json.loads((first / "study_shapes.json").read_text())
+    fake.configs.clear()
+    argv = base + ["--runs", "flow_grpo,control", "--out", str(second), "--merge", str(first / "study_shapes.json")]
+    assert study.main(argv) == 0
+    assert {cfg.seed for cfg in fake.configs} == {0, 1} and len(fake.configs) == 4  # only this call's kinds trained
+    data = json.loads((second / "study_shapes.json").read_text())
+    assert [r["run"] for r in data["rows"]] == ["flow_grpo", "default", "control"]  # the study's order
+    assert data["curves"]["default"] == earlier["curves"]["default"]  # kept as measured
+    assert sum(cfg.reward.names == ["world_random"] for cfg in fake.configs) == 2  # control retrained, not merged
+    assert [(c["a"], c["b"]) for c in data["comparisons"]] == [("default", "control")]  # across the two calls
+    assert data["setup"]["merged"][0]["command"] == earlier["setup"]["command"]
+    assert "Merged with an earlier study" in (second / "study_shapes.md").read_text()
+    with pytest.raises(SystemExit):  # a different budget cannot be merged
+        study.main(["--budget", "30"] + base[2:] + ["--runs", "default", "--out", str(second),
+                                                     "--merge", str(first / "study_shapes.json")])
+    with pytest.raises(ValueError, match="--budget"):
+        study.load_merge(str(first / "study_shapes.json"),
+                         study.argparse.Namespace(budget=30.0, seeds=2, evals=5, jobs=1, threads=int(threads)),
+                         earlier["setup"]["eval_seeds"])
+    with pytest.raises(ValueError, match="not a study_shapes.json"):
+        study.load_merge(str(tmp_path / "missing.json"), None, 8)
