@@ -3,7 +3,8 @@
 Cases (prompts × group size): 48×24, 512×24, 4096×16 samples, prompts as strings (what the anchors receive).
 Providers, each end to end from (prompt strings, rewards) to advantages, prompt → group-id mapping included:
 - ``anchor_numpy``: Flow-GRPO's ``PerPromptStatTracker.update`` algorithm (numpy; for each unique prompt a boolean
-  comparison over the whole prompt array — quadratic in the number of prompts), written from METHODS §2;
+  comparison over the whole prompt array — quadratic in the number of prompts), written from its source
+  (yifan123/flow_grpo, flow_grpo/stat_tracking.py);
 - ``torch_loop``: an eager PyTorch loop over groups (rewards on the device);
 - ``compat_tracker``: ``fastgrpo.compat.flow_grpo.PerPromptStatTracker.update`` (host, fp64);
 - ``fastgrpo``: dict mapping of prompts to int ids + ``group_advantages`` on the device (Triton on CUDA; the

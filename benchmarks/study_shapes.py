@@ -71,14 +71,16 @@ except ImportError:  # run as a script
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 RECIPES = ["flow_grpo", "flow_grpo_fast", "dance_grpo", "flow_cps", "g2rpo", "stepwise_flow_grpo", "mixgrpo",
-           "mixgrpo_flash", "adagrpo_flow_grpo", "default"]
+           "mixgrpo_flash", "adagrpo_flow_grpo", "grpo_guard", "tempflow_grpo", "pave_grpo", "diffusion_nft", "awm",
+           "dgpo", "default"]
 CONTROL = "control"
 ABLATION = ["random", "easiest", "hardest", "median"]  # "curriculum" is the default recipe itself
 ABLATION_RUNS = [f"default:{m}" for m in ABLATION]
 PAPER_ABLATION = {"curriculum": 14.99, "random": 14.71, "easiest": 14.39, "hardest": 14.73, "median": 14.87}
 KEYS = ("eval_train_correct", "eval_train_reward", "eval_heldout_correct", "eval_heldout_reward")
 COMPARISONS = [("default", CONTROL), ("default", "default:random"), ("default", "default:median"),
-               ("mixgrpo_flash", "mixgrpo")]
+               ("mixgrpo_flash", "mixgrpo"), ("grpo_guard", "flow_grpo"), ("diffusion_nft", "default"),
+               ("awm", "default"), ("dgpo", "default")]
 LEVEL = 0.95
 THRESHOLD = 0.85
 

@@ -10,7 +10,7 @@ Checked against:
 - DanceGRPO XueZeyue/DanceGRPO@15cc71d53cc2e6e18a68ee607d5fb6ba9a99e344, fastvideo/train_grpo_flux.py (flux_step);
 - AdaGRPO Bujiazi/GRPO-Series@c4028f945f5a13e1e9c7d0674265149311359ae1, utils/utilities.py (flowsde_std,
   flowsde_prob_func, compute_relative_adv) and src/method_adagrpo.py (compute_ema_adv);
-- ``dpm_pp_2m``: METHODS §1's DPM-Solver++ 2M in flow form (used by tests/test_dpm_solver.py).
+- ``dpm_pp_2m``: DPM-Solver++ 2M (arXiv 2211.01095) in flow form (used by tests/test_dpm_solver.py).
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def tracker_update(history: dict, prompts, rewards, dists=None, type="grpo", glo
 
 
 def dpm_pp_2m(x, d_a, sigma, sigma_next, d_b=None, sigma_prev=None):
-    """DPM-Solver++ 2M midpoint in flow form (METHODS §1), fp64 scalars."""
+    """DPM-Solver++ 2M midpoint in flow form (arXiv 2211.01095), fp64 scalars."""
     x, d_a = x.double(), d_a.double()
     if sigma_next == 0:
         return d_a

@@ -164,6 +164,44 @@ def test_closed_choices_list_the_allowed_values():
         load_config(None, ("window.schedule=sliding",))
 
 
+def test_method_settings_that_contradict_each_other_name_the_keys():
+    assert load_config("diffusion_nft").method == "nft"
+    with pytest.raises(ValueError, match="method must be one of grpo, nft, awm, dgpo, got 'nfts'"):
+        load_config(None, ("method=nfts",))
+    with pytest.raises(ValueError, match=r"method=nft contradicts sampling.guidance > 1"):
+        load_config(None, ("method=nft", "sampling.guidance=4.5"))
+    with pytest.raises(ValueError, match=r"method=nft contradicts branch.enabled, stepwise.enabled"):
+        load_config(None, ("method=nft", "branch.enabled=true", "stepwise.enabled=true", "window.flash=false",
+                           "adagrpo.fusion=false"))
+    with pytest.raises(ValueError, match="nft.timestep_fraction"):
+        load_config(None, ("method=nft", "nft.timestep_fraction=0"))
+    with pytest.raises(ValueError, match="nft.beta"):
+        load_config(None, ("nft.beta=-1",))
+    assert load_config("awm").method == "awm"
+    with pytest.raises(ValueError, match=r"method=awm contradicts sampling.guidance > 1"):
+        load_config("awm", ("sampling.guidance=2",))
+    with pytest.raises(ValueError, match="awm.time_fraction=0.1 leaves no timestep"):
+        load_config("awm", ("awm.time_fraction=0.1",))
+    with pytest.raises(ValueError, match="awm.ghuber_power"):
+        load_config("awm", ("awm.ghuber_power=2",))
+    with pytest.raises(ValueError, match=r"dgpo.timesteps=6 must be in \[1, dgpo.trunc_steps \+ 1 = 5\]"):
+        load_config("dgpo", ("dgpo.timesteps=6",))
+    with pytest.raises(ValueError, match="dgpo.trunc_steps=12 must be < sampling.steps=10"):
+        load_config("dgpo", ("dgpo.trunc_steps=12",))
+    with pytest.raises(ValueError, match="guard.rationorm .* not with method=nft"):
+        load_config("diffusion_nft", ("guard.rationorm=true",))
+    with pytest.raises(ValueError, match="guard.rationorm .* branch.enabled"):
+        load_config("g2rpo", ("guard.rationorm=true",))
+    with pytest.raises(ValueError, match=r"branch.pave_splits=\[1, 2\]: every split must be >= 2"):
+        load_config("pave_grpo", ("branch.pave_splits=1,2",))
+    with pytest.raises(ValueError, match="branch.pave_splits .* sampling.logprob=quadratic"):
+        load_config("pave_grpo", ("sampling.logprob=full",))
+    with pytest.raises(ValueError, match="branch.noise_weight .* needs branch.enabled"):
+        load_config(None, ("branch.noise_weight=true",))
+    with pytest.raises(ValueError, match="stepwise.enabled .* excludes branch.enabled"):  # TempFlow + Stepwise
+        load_config("tempflow_grpo", ("stepwise.enabled=true",))
+
+
 def test_unknown_keys_name_the_nearest():
     with pytest.raises(ValueError, match="unknown config key 'windoe'.*did you mean 'window'"):
         load_config(None, ("windoe.size=2",))
@@ -180,9 +218,10 @@ def test_every_zero_means_never_and_negative_is_refused(tmp_path, key):
 
 
 def test_the_shipped_recipes_are_every_one_tested():
-    assert recipe_names() == ["adagrpo_flow_grpo", "dance_grpo", "default", "flow_cps", "flow_grpo",
-                              "flow_grpo_fast", "flux_adagrpo_mixgrpo", "g2rpo", "mixgrpo", "mixgrpo_flash",
-                              "sd35m_adagrpo_mixgrpo", "stepwise_flow_grpo"]
+    assert recipe_names() == ["adagrpo_flow_grpo", "awm", "dance_grpo", "default", "dgpo", "diffusion_nft",
+                              "flow_cps", "flow_grpo", "flow_grpo_fast", "flux_adagrpo_mixgrpo", "g2rpo", "grpo_guard",
+                              "mixgrpo", "mixgrpo_flash", "pave_grpo", "sd35m_adagrpo_mixgrpo", "stepwise_flow_grpo",
+                              "tempflow_grpo"]
 
 
 @pytest.mark.parametrize("recipe", recipe_names())

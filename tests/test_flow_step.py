@@ -52,7 +52,7 @@ def test_reference_mean_is_the_kernel_algebra(family):
 
 
 def test_reference_against_written_out_flow_grpo_formula():
-    """Flow-GRPO's sde step written out per element in fp64 (METHODS §1), σ < 1 and σ = 1."""
+    """Flow-GRPO's sde step written out per element in fp64 (its paper, arXiv 2505.05470), σ < 1 and σ = 1."""
     torch.manual_seed(3)
     eta = 0.7
     for sigma, sigma_next in [(0.8, 0.65), (1.0, 0.9)]:

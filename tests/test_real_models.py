@@ -80,7 +80,7 @@ def test_full_fine_tuning_and_resume_reproduce_the_run(pipelines, tmp_path, kind
 def test_kl_reference_under_lora_is_the_adapter_free_model(pipelines, tmp_path):
     cfg = load_config(None, tuple(_overrides(pipelines, "sd3", tmp_path, "model.lora_rank=4", "optim.kl_beta=0.1")))
     trainer = Trainer(cfg)
-    assert trainer.reference is None  # no copy: the adapter is switched off instead
+    assert trainer.reference_copy is None  # no copy: the adapter is switched off instead
     first = trainer.step()
     # peft's "gaussian" init starts B at zero: the adapted model equals the base, so the first KL is exactly 0
     assert first["kl"] == 0.0 and first["first_ratio_max_dev"] == 0.0
@@ -99,6 +99,50 @@ def test_several_rewards_as_weighted_per_reward_z_scores(pipelines, tmp_path):
     assert out["first_ratio_max_dev"] == 0.0 and torch.isfinite(torch.tensor(out["reward"]))
     metrics = trainer.evaluate()
     assert {"eval_train_reward", "eval_train_reward_jpeg_compressibility"} <= set(metrics)
+
+
+@pytest.mark.parametrize("lora", [4, 0], ids=["lora", "full"])
+def test_diffusion_nft_trains_and_resumes_on_a_tiny_sd3(pipelines, tmp_path, lora):
+    """Two DiffusionNFT iterations through the CLI on a real SD3 pipeline (LoRA and full fine-tuning), the KL
+    reference being the adapter-free model or the frozen copy; a resumed run matches the uninterrupted one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    extra = ("method=nft", f"model.lora_rank={lora}", "optim.lr=1e-3", "optim.kl_beta=1e-4", "eval_every=100")
+    assert main(["train", *_overrides(pipelines, "sd3", a, *extra)]) == 0
+    steps = [r for r in _metrics(a) if "loss" in r]
+    assert len(steps) == 2 and all(0.0 <= r["optimality"] <= 1.0 and r["v_norm_ratio"] > 0 for r in steps)
+    weights, state = load_checkpoint(a)
+    old = state["method_state"]["old"]
+    assert state["method"] == "nft" and old and set(old) <= set(weights)  # the trained parameters only
+    assert main(["train", *_overrides(pipelines, "sd3", b, *extra, "iterations=1", "checkpoint_every=1")]) == 0
+    assert main(["train", "--resume", str(b), *_overrides(pipelines, "sd3", b, *extra)]) == 0
+    wb, state_b = load_checkpoint(b)
+    assert all(torch.equal(weights[k], wb[k]) for k in weights)
+    assert all(torch.equal(old[k], state_b["method_state"]["old"][k]) for k in old)
+    assert [r["loss"] for r in steps] == [r["loss"] for r in _metrics(b) if "loss" in r]
+
+
+NEW_METHODS = {
+    "awm": ("method=awm",),
+    "dgpo": ("method=dgpo", "dgpo.trunc_steps=3"),
+    "grpo_guard": ("guard.rationorm=true", "optim.clip_range=2e-6"),
+    "tempflow_grpo": ("branch.enabled=true", "branch.points=0,1,2", "branch.strides=1", "branch.noise_weight=true",
+                      "window.flash=false", "adagrpo.fusion=false"),
+    "pave_grpo": ("branch.enabled=true", "branch.points=0,1", "branch.strides=1", "branch.pave_splits=2,3",
+                  "sampling.logprob=quadratic", "window.flash=false"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_METHODS))
+def test_every_new_method_trains_two_iterations_on_a_tiny_sd3_with_lora(pipelines, tmp_path, name):
+    out = tmp_path / name
+    extra = ("model.lora_rank=4", "optim.lr=1e-3", "eval_every=100", *NEW_METHODS[name])
+    assert main(["train", *_overrides(pipelines, "sd3", out, *extra)]) == 0
+    steps = [r for r in _metrics(out) if "loss" in r]
+    assert len(steps) == 2 and all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in steps)
+    if "first_ratio_max_dev" in steps[0]:  # the SDE-replay options: the replay is the rollout
+        assert all(r["first_ratio_max_dev"] == 0.0 for r in steps)
+    weights, state = load_checkpoint(out)
+    assert weights and all("lora" in k for k in weights) and state["iteration"] == 2
 
 
 def test_lora_on_the_world(tmp_path):

@@ -26,6 +26,10 @@ def _overrides(recipe: str) -> tuple[str, ...]:
     (Flow-GRPO's int(T·0.99), DanceGRPO, Flow-CPS, Stepwise), a sliding or random window shrinks to 2; G²RPO
     branches at steps 0 and 1 (its points must lie in 0..T-2)."""
     cfg = load_config(str(CONFIGS / f"{recipe}.yaml"))
+    if cfg.method == "dgpo":  # its timesteps come from the first trunc_steps + 1 schedule indices
+        return SMALL + ("dgpo.trunc_steps=3",)
+    if cfg.method != "grpo":  # no window, no branches
+        return SMALL
     size = 3 if cfg.window.size == cfg.sampling.steps - 1 else min(cfg.window.size, 2)
     extra = (f"window.size={size}",) + (("branch.points=0,1",) if cfg.branch.enabled else ())
     return SMALL + extra
@@ -38,7 +42,8 @@ def _fastgrpo() -> list[str]:
 
 
 def test_every_config_is_covered():
-    assert {"default", "flow_grpo", "mixgrpo", "g2rpo", "stepwise_flow_grpo"} <= set(RECIPES)
+    assert {"default", "flow_grpo", "mixgrpo", "g2rpo", "stepwise_flow_grpo", "diffusion_nft", "awm",
+            "dgpo"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -56,8 +61,16 @@ def test_recipe_trains_two_iterations_through_the_cli(recipe, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert [r["iteration"] for r in steps] == [1, 2]
+    method = load_config(config).method
     for r in steps:
-        assert r["first_ratio_max_dev"] == 0.0, r
+        if method == "grpo":  # one AdamW step per rollout batch: the replayed policy is the rollout's
+            assert r["first_ratio_max_dev"] == 0.0, r
+        elif method == "nft":  # DiffusionNFT: no ratio; the optimality probability of its samples
+            assert 0.0 <= r["optimality"] <= 1.0, r
+        elif method == "awm":  # AWM: the flow-matching error of its noised clean samples
+            assert r["fm_error"] > 0 and r["ema_gap"] >= 0, r
+        else:  # DGPO: the group scores and the clip against the EMA copy
+            assert math.isfinite(r["group_score"]) and 0.0 <= r["clipfrac"] <= 1.0, r
         assert math.isfinite(r["reward"]) and math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"])
     evals = [r for r in records if "eval_train_reward" in r]
     assert [r["iteration"] for r in evals] == [0, 2]

@@ -186,27 +186,32 @@ def _training_logged(metrics, proc, timeout: float) -> bool:
     return False
 
 
-def _ddp_worker(rank, world, init, out_dir, result, kind="ddp"):
+def _ddp_worker(rank, world, init, out_dir, result, kind="ddp", method="grpo"):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
-        trainer = Trainer(load_config(None, TINY + ("iterations=2", f"out_dir={out_dir}", f"distributed={kind}")))
+        trainer = Trainer(load_config(None, TINY + ("iterations=2", f"out_dir={out_dir}", f"distributed={kind}",
+                                                    f"method={method}")))
         trainer.run(progress=False)
         from fastgrpo.train import distributed
+        snapshot = trainer.method.state_dict()  # a collective under FSDP: every rank takes part
         result[rank] = (distributed.full_weights(trainer.trained, trainer.model, trainer.lora, all_ranks=True),
-                        trainer.tracker.mean.item(), [h.get("reward") for h in trainer.history if "loss" in h])
+                        trainer.tracker.mean.item(), [h.get("reward") for h in trainer.history if "loss" in h],
+                        snapshot)
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
-def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path, kind):
+@pytest.mark.parametrize("kind, method", [("ddp", "grpo"), ("fsdp", "grpo"), ("ddp", "nft"), ("fsdp", "awm")])
+def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path, kind, method):
     import torch.multiprocessing as mp
 
     result = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), result, kind), nprocs=2)
-    w0, ema0, rewards0 = result[0]
-    w1, ema1, rewards1 = result[1]
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), result, kind, method), nprocs=2)
+    w0, ema0, rewards0, snap0 = result[0]
+    w1, ema1, rewards1, snap1 = result[1]
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    for name, values in snap0.items():  # an old policy / EMA anchor: one per run, equal on every rank
+        assert values and all(torch.equal(v, snap1[name][k]) for k, v in values.items())
     assert ema0 == ema1  # one global capability EMA
     assert rewards0 != rewards1  # each rank trained on its own prompts and samples
     initial = Trainer(load_config(None, TINY + (f"out_dir={tmp_path / 'fresh'}",))).model.state_dict()
@@ -235,11 +240,11 @@ def test_recipe_configs_train_and_round_trip(recipe, tmp_path):
 
 def test_dance_group_shares_initial_noise_and_trains_a_subset(tmp_path):
     shared = Trainer(_config(tmp_path / "a", "sampling.shared_noise=true"))
-    noise = shared._group_noise(4, 7)
+    noise = shared.group_noise(4, 7)
     assert all(torch.equal(noise[0], noise[i]) for i in range(4))
-    independent = Trainer(_config(tmp_path / "b"))._group_noise(4, 7)
+    independent = Trainer(_config(tmp_path / "b")).group_noise(4, 7)
     assert not torch.equal(independent[0], independent[1])
-    subset = Trainer(_config(tmp_path / "c", "window.train_fraction=0.6"))._trained_steps(9, 5)
+    subset = Trainer(_config(tmp_path / "c", "window.train_fraction=0.6")).method.trained_steps(9, 5)
     assert len(subset) == 5 and subset == sorted(set(subset)) and max(subset) < 9
 
 
@@ -290,22 +295,22 @@ def test_stepwise_gains_telescope_to_final_minus_initial(tmp_path):
                               "window.flash=false"))
     cfg = trainer.cfg
     from fastgrpo.train.rollout import sample
-    noise = trainer._group_noise(3, 11)
+    noise = trainer.group_noise(3, 11)
     text = trainer.train_prompts.texts[0]
     target = trainer.train_prompts.take([0]).repeat(3)
-    traj = sample(trainer.backbone.denoiser(trainer.model), noise, trainer.sigmas, trainer._text([text] * 3), None, guidance=1.0,
+    traj = sample(trainer.backbone.denoiser(trainer.model), noise, trainer.sigmas, trainer.text([text] * 3), None, guidance=1.0,
                   eta=cfg.sampling.eta, family=cfg.sampling.family, window=(0, 3), seed=5)
-    gains, final = trainer._stepwise_gains(traj, text, target)
-    assert gains.shape == (3, 3) and torch.equal(final, trainer._reward(traj.latents, target))
+    gains, final = trainer.method.stepwise_gains(traj, text, target)
+    assert gains.shape == (3, 3) and torch.equal(final, trainer.reward(traj.latents, target))
 
     def x0_reward(x, sigma):  # an independent x̂0 refinement: Euler sub-steps written out here
-        emb = trainer._text([text] * 3)
+        emb = trainer.text([text] * 3)
         grid = torch.linspace(sigma, 0.0, cfg.stepwise.substeps + 1).tolist()
         for s, sn in zip(grid[:-1], grid[1:]):
             x = x + (sn - s) * trainer.model(hidden_states=x, encoder_hidden_states=emb.hidden,
                                              pooled_projections=emb.pooled, timestep=torch.full((3,), s * 1000.0),
                                              return_dict=False)[0]
-        return trainer._reward(x, target)
+        return trainer.reward(x, target)
 
     with torch.no_grad():
         want = x0_reward(traj.x_next[-1], traj.sigma_next[-1]) - x0_reward(traj.x[0], traj.sigma[0])
@@ -320,13 +325,13 @@ def test_nonfinite_rewards_are_skipped_then_stop_the_run_without_losing_the_chec
     trainer.iteration += 1
     saved = trainer.save()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    real = trainer._reward
-    trainer._reward = lambda latents, prompts: real(latents, prompts) * float("nan")
+    real = trainer.reward
+    trainer.reward = lambda latents, prompts, **kw: real(latents, prompts, **kw) * float("nan")
     assert trainer.step() == {"skipped": "rewards"}  # skipped: no update
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
     with pytest.raises(RuntimeError, match="optim.max_nonfinite"):
         trainer.step()
-    trainer._reward = real
+    trainer.reward = real
     weights, state = ckpt.load(tmp_path / "nan")
     assert saved.exists() and state["iteration"] == 1 and all(torch.equal(weights[k], before[k]) for k in weights)
     with pytest.raises(ValueError, match="optim.max_nonfinite"):

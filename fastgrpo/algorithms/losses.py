@@ -1,4 +1,5 @@
-"""Policy losses of the GRPO recipes (../METHODS §3), as plain differentiable functions of per-sample vectors.
+"""Policy losses of the GRPO recipes (Flow-GRPO, DanceGRPO, MixGRPO, AdaGRPO, TempFlow-GRPO), as plain
+differentiable functions of per-sample vectors.
 
 Every function is free of host syncs and data-dependent control flow, so it runs inside ``torch.compile`` and
 CUDA-graph capture; each returns the loss with ``clipfrac`` and ``approx_kl`` as device tensors.
@@ -74,3 +75,25 @@ def adagrpo_loss(log_prob: Tensor, advantages: Tensor, old_log_prob: Optional[Te
     reference = old_log_prob if old_log_prob is not None else log_prob.detach()
     _, clipfrac, approx_kl = _stats(log_prob.detach(), reference, 1e-4, 1e-4)
     return LossOutput(loss, clipfrac, approx_kl)
+
+
+def rationorm_ratio(mean: Tensor, mean_old: Tensor, x_next: Tensor, std: Tensor) -> Tensor:
+    """GRPO-Guard's normalised ratio (Wang et al., arXiv 2510.22319; yifan123/flow_grpo commit 2e2f712):
+    ρ̂ = exp(mean(ε ⊙ (μ_θ − μ_old))) with ε = (x' − μ_old)/s̄ the rollout's standard-normal draw, s̄ the batch
+    mean of the step's std (every sample of a step shares σ). It equals exp((lp − lp_old + b)·s̄),
+    b = mean((μ_θ − μ_old)²)/(2s̄²): Flow-GRPO's log-ratio without its always-negative, step-dependent shift, and
+    rescaled by s̄. ``mean`` carries the gradient; exactly 1 when μ_θ = μ_old."""
+    s_bar = std.detach().float().mean()
+    eps = (x_next.float() - mean_old.float()) / s_bar
+    return torch.exp((eps * (mean.float() - mean_old.float())).flatten(1).mean(1))
+
+
+def rationorm_loss(ratio: Tensor, advantages: Tensor, clip_range: float, step_size: float) -> LossOutput:
+    """GRPO-Guard's step loss: the PPO-clip surrogate of the normalised ratio divided by the step's |Δσ| (its
+    "gradient reweighting"), so every step's gradient with respect to v has the same scale (1 + η²/2)·|A·ε|."""
+    adv = advantages.detach()
+    surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range))
+    clipped = ((ratio.detach() < 1.0 - clip_range) | (ratio.detach() > 1.0 + clip_range)).float().mean()
+    approx_kl = 0.5 * torch.log(ratio.detach()).pow(2).mean()
+    return LossOutput(surrogate.mean() / abs(step_size), clipped, approx_kl)
+

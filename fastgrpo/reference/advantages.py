@@ -1,4 +1,5 @@
-"""Reference group advantages (plain PyTorch): every scheme of ../METHODS §2 in one function, no host sync.
+"""Reference group advantages (plain PyTorch): every group-advantage scheme of the recipes in one function, no
+host sync.
 
 Group z-score (Flow-GRPO, DanceGRPO, MixGRPO):  A = (r − mean_g)/(std_g + ε), groups by id; population or unbiased
 std; Flow-GRPO's ``global_std`` uses the std of the whole batch instead of std_g. A group whose rewards are all equal

@@ -1,7 +1,7 @@
 """Reference DPM-Solver++ 2M (midpoint) step in flow form — the ODE MixGRPO-Flash runs after its SDE window.
 
-Flow form (../METHODS §1): α = 1 − σ, λ = log(α/σ), x̂0 = x − σ·v. With the newest prediction D_a = x̂0 at σ_a
-(the current step) and the previous D_b at σ_b:
+Flow form (DPM-Solver++, Lu et al., arXiv 2211.01095, with α_t = 1 − σ and σ_t = σ): α = 1 − σ, λ = log(α/σ),
+x̂0 = x − σ·v. With the newest prediction D_a = x̂0 at σ_a (the current step) and the previous D_b at σ_b:
     h = λ' − λ_a,  r = (λ_a − λ_b)/h,  D = D_a + (D_a − D_b)/(2r),
     x' = (σ'/σ_a)·x − α'·(e^{−h} − 1)·D.
 Without a previous prediction, and on the final step to σ' = 0 (``lower_order_final``), the step is first order:

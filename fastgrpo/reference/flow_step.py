@@ -1,8 +1,9 @@
 """Reference flow-matching sampling step fused with its Gaussian log-prob (plain PyTorch, fp32 math).
 
-Notation (../METHODS §1): the model predicts velocity v; noise level σ runs 1 → 0; a step goes σ → σ' < σ;
-Δ = σ' − σ < 0; x̂0 = x − σ·v (predicted data); x̂1 = x + (1 − σ)·v (predicted noise). Every family is Gaussian,
-x' = μ + s·ε with ε ~ N(0, I), element-wise mean μ and one scalar std s per sample:
+Notation (Flow-GRPO, arXiv 2505.05470, on SD3's rectified flow): the model predicts velocity v; noise level σ
+runs 1 → 0; a step goes σ → σ' < σ; Δ = σ' − σ < 0; x̂0 = x − σ·v (predicted data);
+x̂1 = x + (1 − σ)·v (predicted noise). Every family is Gaussian, x' = μ + s·ε with ε ~ N(0, I), element-wise
+mean μ and one scalar std s per sample:
 
 | family      | used by                                   | μ                                  | s                   |
 |-------------|-------------------------------------------|------------------------------------|---------------------|

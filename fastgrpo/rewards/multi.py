@@ -1,7 +1,7 @@
 """Several rewards at once: per-reward scores, the (B, K) matrix for ``fastgrpo.ops.group_advantages`` and the
 weighted sum Σ_k w_k·r_k.
 
-Two ways to combine them in GRPO (../METHODS.md §2): Flow-GRPO z-scores the weighted sum
+Two ways to combine them in GRPO: Flow-GRPO z-scores the weighted sum
 (``group_advantages(out.matrix, ids, weights=multi.weight_tensor(), aggregate="sum_zscore")``, equivalently
 ``group_advantages(out.total, ids)``); DanceGRPO/MixGRPO z-score each reward, then weight
 (``aggregate="zscore_sum"``, MixGRPO with ``normalize_weights=True``).

@@ -183,10 +183,20 @@ class BranchConfig:
     strides: list[int] = field(default_factory=lambda: [1, 2])
     """Λ: ODE strides that finish each branch; per-λ group z-scores are summed (G²RPO's code: 1, 2; its paper
     1, 2, 3)."""
+    pave_splits: list[int] = field(default_factory=list)
+    """Pave-GRPO (arXiv 2606.01636): S, the n-way decompositions of each branch step whose log-probs join the loss
+    (released {2, 3}; empty = off). Each n ≥ 2 costs n − 1 extra forwards with grad per step."""
+    noise_weight: bool = False
+    """TempFlow-GRPO's noise-aware weighting (arXiv 2508.04324): the surrogate of the branch at step k × c·s_k,
+    s_k its noise std (sqrt|Δσ| included), c = 1/mean(s_k) over the iteration's branch points (the released code
+    hard-codes 2.25 for SD3.5-M at η 0.7, T = 10; computed here, so it follows η and T)."""
 
     def __post_init__(self):
         if not self.points:
             raise ValueError("branch.points is empty: give at least one branch step")
+        if any(n < 2 for n in self.pave_splits):
+            raise ValueError(f"branch.pave_splits={self.pave_splits}: every split must be >= 2 (n = 1 is the coarse "
+                             "step itself, already trained)")
         if not self.strides or min(self.strides) < 1:
             raise ValueError("branch.strides (Λ) must be a non-empty list of integers >= 1")
 
@@ -270,6 +280,97 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
+class GuardConfig:
+    rationorm: bool = False
+    """GRPO-Guard (arXiv 2510.22319; yifan123/flow_grpo commit 2e2f712), an option of ``method: grpo``: the
+    rollout stores each SDE step's mean μ_old; the ratio becomes exp(mean(ε ⊙ (μ_θ − μ_old))) and each step's loss
+    is divided by its |Δσ|, so every step weighs alike. Its clip is far tighter (released 2e-6; ``optim.clip_range``)."""
+
+
+@dataclass(kw_only=True)
+class NFTConfig:
+    """DiffusionNFT (``method: nft``). Defaults: the released SD3.5-M GenEval/PickScore/HPS recipe
+    (NVlabs/DiffusionNFT ``config/nft.py``): β 1, advantage clip 5, 99% of the schedule's timesteps, old policy
+    decay min(0.001·s, 0.5)."""
+    beta: float = 1.0
+    """β of the implicit policies v± (the released 1.0; 0.1 for OCR and multi-reward)."""
+    adv_clip: float = 5.0
+    """c in r = ½ + clamp(A, ±c)/(2c), and the loss gain c/β."""
+    timestep_fraction: float = 0.99
+    """Each sample trains int(fraction·T) of its T rollout σ's, in a random order of its own."""
+    old_decay_rate: float = 0.001
+    old_decay_max: float = 0.5
+    """The old policy's decay d = min(old_decay_rate·s, old_decay_max) after s optimiser steps."""
+
+    def __post_init__(self):
+        if not self.beta > 0 or not self.adv_clip > 0:
+            raise ValueError(f"nft.beta and nft.adv_clip must be > 0, got {self.beta}, {self.adv_clip}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError(f"nft.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.old_decay_rate < 0 or not 0 <= self.old_decay_max <= 1:
+            raise ValueError("nft.old_decay_rate must be >= 0 and nft.old_decay_max in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class AWMConfig:
+    """AWM (``method: awm``). Defaults: the released SD3.5-M GenEval recipe (scxue/advantage_weighted_matching
+    ``config/dgx_awm.py``): 6 stratified timesteps of the first 90% of the schedule without σ = 1, ghuber p 0.25,
+    Â = clamp(A, ±5)/5, the EMA anchor at weight 1 with decay min(0.001·s, 0.3)."""
+    timesteps: int = 6
+    """Trained timesteps per group, one per stratum (shared by the group's samples)."""
+    time_fraction: float = 0.9
+    include_init: bool = False
+    """Whether the strata start at σ = 1 (the released ``discrete``; GenEval/OCR use ``discrete_wo_init``)."""
+    ghuber_power: float = 0.25
+    adv_clip: float = 5.0
+    ratio_clip: float = 1.0
+    ema_beta: float = 1.0
+    """Weight of mean((v_θ − v_ema)²) (0: no EMA anchor)."""
+    ema_decay_rate: float = 0.001
+    ema_decay_max: float = 0.3
+
+    def __post_init__(self):
+        if self.timesteps < 1 or not 0 < self.time_fraction <= 1:
+            raise ValueError("awm.timesteps must be >= 1 and awm.time_fraction in (0, 1]")
+        if not 0 < self.ghuber_power <= 1 or not self.adv_clip > 0 or self.ratio_clip < 0 or self.ema_beta < 0:
+            raise ValueError("awm.ghuber_power must be in (0, 1], awm.adv_clip > 0, awm.ratio_clip and "
+                             "awm.ema_beta >= 0")
+        if self.ema_decay_rate < 0 or not 0 <= self.ema_decay_max <= 1:
+            raise ValueError("awm.ema_decay_rate must be >= 0 and awm.ema_decay_max in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class DGPOConfig:
+    """DGPO (``method: dgpo``). Defaults: the released SD3.5-M GenEval recipe (Luo-Yihong/DGPO ``config/dgpo.py``):
+    β_dpo 100, clip 1e-2, 4 timesteps from the first 5 schedule indices, rollouts from the EMA copy after 500
+    optimiser steps (decay min(0.001·s, 0.3)), per-group std."""
+    beta_dpo: float = 100.0
+    clip: float = 0.01
+    """ε of the clip against the EMA copy (0: off, and no EMA forward)."""
+    timesteps: int = 4
+    """M indices drawn without replacement from {0 … trunc_steps}, shared by every group of an iteration."""
+    trunc_steps: int = 4
+    switch_ema_ref: int = 500
+    """Optimiser steps after which rollouts come from the EMA copy."""
+    ema_decay_rate: float = 0.001
+    ema_decay_max: float = 0.3
+    global_std: bool = False
+    """Normalise advantages by the whole batch's std (the released PickScore recipe) instead of each group's."""
+
+    def __post_init__(self):
+        if not self.beta_dpo > 0 or self.clip < 0:
+            raise ValueError("dgpo.beta_dpo must be > 0 and dgpo.clip >= 0")
+        if not 1 <= self.timesteps <= self.trunc_steps + 1:
+            raise ValueError(f"dgpo.timesteps={self.timesteps} must be in [1, dgpo.trunc_steps + 1 = "
+                             f"{self.trunc_steps + 1}] (drawn without replacement)")
+        if self.switch_ema_ref < 0 or self.ema_decay_rate < 0 or not 0 <= self.ema_decay_max <= 1:
+            raise ValueError("dgpo.switch_ema_ref and dgpo.ema_decay_rate must be >= 0, dgpo.ema_decay_max in [0, 1]")
+
+
+METHOD_NAMES = ("grpo", "nft", "awm", "dgpo")
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -280,6 +381,14 @@ class TrainConfig:
     stepwise: StepwiseConfig = field(default_factory=StepwiseConfig)
     adagrpo: AdaGRPOConfig = field(default_factory=AdaGRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    method: str = "grpo"
+    """grpo: the SDE-replay family (Flow-GRPO ... AdaGRPO, set by sampling/window/branch/stepwise) | nft:
+    DiffusionNFT (its settings under ``nft``) | awm: Advantage Weighted Matching (under ``awm``) | dgpo: Direct Group
+    Preference Optimization (under ``dgpo``)."""
+    nft: NFTConfig = field(default_factory=NFTConfig)
+    awm: AWMConfig = field(default_factory=AWMConfig)
+    dgpo: DGPOConfig = field(default_factory=DGPOConfig)
     iterations: int = 80
     """The default job: 80 iterations, 4.1 min in all with its two evaluations on a 2-core CPU (2.4 s per
     iteration at 4 groups × 16, 18 s per evaluation; measured 2026-12-06, `fastgrpo train`)."""
@@ -306,13 +415,32 @@ class TrainConfig:
     def __post_init__(self):
         if self.distributed not in ("ddp", "fsdp"):
             raise ValueError(f"distributed must be ddp or fsdp, got {self.distributed!r}")
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        if self.method != "grpo":
+            clash = [k for k, on in (("sampling.guidance > 1", self.sampling.guidance > 1),
+                                     ("branch.enabled", self.branch.enabled),
+                                     ("stepwise.enabled", self.stepwise.enabled)) if on]
+            if clash:
+                raise ValueError(f"method={self.method} contradicts {', '.join(clash)}: it samples by an ODE without "
+                                 "classifier-free guidance and trains on clean samples, not on SDE steps")
+        if self.method == "awm" and int(self.sampling.steps * self.awm.time_fraction) - (not self.awm.include_init) < 1:
+            raise ValueError(f"awm.time_fraction={self.awm.time_fraction} leaves no timestep of sampling.steps="
+                             f"{self.sampling.steps}")
+        if self.guard.rationorm and (self.method != "grpo" or self.branch.enabled):
+            where = f"method={self.method}" + (", branch.enabled" if self.branch.enabled else "")
+            raise ValueError("guard.rationorm is an option of method=grpo's window rollouts (it needs the stored "
+                             f"step means): not with {where}")
+        if self.method == "dgpo" and self.dgpo.trunc_steps > self.sampling.steps - 1:
+            raise ValueError(f"dgpo.trunc_steps={self.dgpo.trunc_steps} must be < sampling.steps="
+                             f"{self.sampling.steps}")
         if (self.model.kind == "world") != (self.reward.names in (["world"], ["world_random"])):
             raise ValueError(f"reward.names={self.reward.names!r} with model.kind={self.model.kind!r}: the shapes "
                              "world is scored by its own reward ('world', or the control 'world_random'), and only it")
         if self.model.kind != "world" and self.data.train_prompts is None:
             raise ValueError(f"data.train_prompts is required for model.kind={self.model.kind!r}: a text file with "
                              "one prompt per line")
-        if self.window.size > self.sampling.steps - 1:
+        if self.method == "grpo" and not self.branch.enabled and self.window.size > self.sampling.steps - 1:
             raise ValueError(f"window.size={self.window.size} must be < sampling.steps={self.sampling.steps}")
         points = self.branch.points
         if self.branch.enabled and not 0 <= min(points) <= max(points) <= self.sampling.steps - 2:
@@ -321,6 +449,13 @@ class TrainConfig:
         if self.stepwise.enabled and (self.branch.enabled or self.window.flash or self.adagrpo.fusion):
             raise ValueError("stepwise.enabled trains per-step gains of the window's SDE steps: it excludes "
                              "branch.enabled, window.flash and adagrpo.fusion (a per-sample global advantage)")
+        if self.branch.pave_splits and not (self.branch.enabled and self.sampling.family == "flow_sde"
+                                            and self.sampling.logprob == "quadratic"):
+            raise ValueError("branch.pave_splits (Pave-GRPO) decomposes G²RPO branch steps of the flow_sde family "
+                             "scored by the quadratic log-prob: it needs branch.enabled, sampling.family=flow_sde "
+                             "and sampling.logprob=quadratic")
+        if self.branch.noise_weight and not self.branch.enabled:
+            raise ValueError("branch.noise_weight (TempFlow-GRPO) weighs branch steps: it needs branch.enabled")
         if not self.branch.enabled and self.optim.minibatches > self.adagrpo.keep:
             raise ValueError(f"optim.minibatches={self.optim.minibatches} exceeds the groups of an iteration "
                              f"(adagrpo.keep={self.adagrpo.keep}): a minibatch holds whole groups")

@@ -1,15 +1,15 @@
-"""The training loop: AdaGRPO (online curriculum filtering + cross-level advantage fusion) with MixGRPO's sliding
-window (and Flash), on the embedded shapes world. Each iteration:
+"""The training driver: prompt selection (AdaGRPO's online curriculum), the optimiser, evaluation, logging,
+checkpoints and signals; everything else an iteration does belongs to its method (``fastgrpo.methods``, chosen by
+the ``method`` key). Each iteration:
 
 1. candidates: B training prompts; each gets one deterministic ODE anchor rollout and its reward;
 2. curriculum: the capability EMA folds in the anchor rewards; the k prompts nearest μ_ema are kept
-   (``adagrpo.curriculum=false``: k prompts at random — plain MixGRPO);
-3. rollouts: G samples per kept prompt, SDE only inside the window (fused step, in-kernel noise), stored window
-   steps only;
-4. rewards → advantages: group z-score (unbiased, ε 1e-8, clamp) + the calibrated global EMA advantage
-   (``adagrpo.fusion``) in one ``group_advantages`` launch;
-5. update: PPO-clip over the window steps, gradients accumulated over prompts and steps, one AdamW step per
-   iteration (so the first ratio is exactly 1), gradient clipping.
+   (``adagrpo.curriculum=false``: k prompts at random);
+3. the method's rollout of G samples per kept prompt and their rewards (``Method.rollout``);
+4. its advantages (``Method.advantages``: group z-scores, plus AdaGRPO's calibrated global EMA advantage with
+   ``adagrpo.fusion``);
+5. its update (``Method.update``): gradients accumulated over the groups' units, ``optim.minibatches`` AdamW steps
+   with gradient clipping; a non-finite loss or gradient drops that step.
 All randomness is derived from (seed, iteration, rank), so a resumed run reproduces the uninterrupted one.
 
 Data parallel (``torchrun``; gloo on CPU, NCCL on GPUs): each rank draws its own candidates and keeps its groups
@@ -27,15 +27,13 @@ from pathlib import Path
 import torch
 
 from .._dist import rank_and_world
-from ..algorithms import CapabilityTracker, kl_penalty, ppo_clip_loss
+from ..algorithms import CapabilityTracker
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
 from ..models.lora import has_lora
-from ..ops import flow_step, group_advantages
 from . import atomic, checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
-from .branching import branch
-from .rollout import guided_velocity, sample, sample_dpm
-from .schedule import flash_sigmas, sigmas, window
+from .rollout import sample, sample_dpm
+from .schedule import sigmas
 from .task import Prompts, PromptTask, build_task
 
 START_EVAL = "eval_start.pt"
@@ -64,18 +62,20 @@ class Trainer:
         self.lora = has_lora(self.model)
         # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0); under LoRA the
         # same transformer with its adapter disabled — no copy
-        self.reference = None
+        self.reference_copy = None
         if config.optim.kl_beta > 0 and not self.lora:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference_copy = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.rank, self.world_size = rank_and_world()
         self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
-        self._params = [p for p in self.trained.parameters() if p.requires_grad]
-        if not self._params:
+        self.params = [p for p in self.trained.parameters() if p.requires_grad]
+        if not self.params:
             raise ValueError("nothing to train: the transformer has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(self._params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                            **({"fused": True} if self.device.type == "cuda" else {}))
         self.tracker = CapabilityTracker(config.adagrpo.decay, device=self.device)
         self.iteration = 0
+        self.optimizer_steps = 0
+        """AdamW steps so far (several per iteration with ``optim.minibatches``); methods' schedules count them."""
         self.history: list[dict] = []
         self.nonfinite_in_a_row = 0
         self._base = evaluation.base_fingerprint(config.model)
@@ -103,6 +103,10 @@ class Trainer:
         self._wall_start = time.perf_counter()
         self._wall_offset = 0.0
         """Wall seconds of earlier sessions of a resumed run (``wall_s`` counts from the run's first start)."""
+        from ..methods import build_method  # here: the methods build on fastgrpo.train's rollout and schedule
+
+        self.method = build_method(config.method, self)
+        """What an iteration does after selection (``fastgrpo.methods``): chosen once, from ``method``."""
         if resume is not None:
             self._resume(resume)
 
@@ -111,13 +115,18 @@ class Trainer:
         return {"iteration": self.iteration, "config": to_dict(self.cfg),
                 "optimizer": distributed.optimizer_state(self.trained, self.optimizer),
                 "tracker": self.tracker.state_dict(), "history": self.history,
-                "base": self._base}
+                "base": self._base, "optimizer_steps": self.optimizer_steps, "method": self.cfg.method,
+                "method_state": self.method.state_dict()}
 
     def _resume(self, run_dir: str) -> None:
         model_state, state = checkpoint.load(run_dir)
         saved, current = state["config"], to_dict(self.cfg)
-        for key in ("sampling", "window", "adagrpo", "group_size", "seed", "model"):
-            if saved.get(key) != current.get(key):
+        saved_method = state.get("method", "grpo")  # checkpoints from before methods were plug-ins: grpo
+        if saved_method != self.cfg.method:
+            raise ValueError(f"--resume {run_dir}: it was trained with method={saved_method!r}, this config has "
+                             f"method={self.cfg.method!r}; a run continues with its own method")
+        for key in ("sampling", "window", "adagrpo", "group_size", "seed", "model", "nft", "awm", "dgpo", "guard"):
+            if saved.get(key, current.get(key)) != current.get(key):  # a section added since: its defaults
                 raise ValueError(f"--resume {run_dir}: its config differs in {key!r} ({saved.get(key)} vs "
                                  f"{current.get(key)}); resume with the run's own config")
         expected = set(self._weights())
@@ -128,7 +137,9 @@ class Trainer:
         distributed.load_weights(self.trained, self.model, model_state, self.lora)
         distributed.load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
+        self.method.load_state_dict(state.get("method_state", {}))
         self.iteration = state["iteration"]
+        self.optimizer_steps = state.get("optimizer_steps", self.iteration * self.cfg.optim.minibatches)
         self.history = state["history"]
         self._saved_at = self.iteration
 
@@ -146,19 +157,21 @@ class Trainer:
         return path
 
     # ---- pieces --------------------------------------------------------------------------------------------
-    def _text(self, texts: list[str]):
+    def text(self, texts: list[str]):
         return self.backbone.encode_prompts(texts)
 
-    def _empty(self, n: int):
+    def empty_text(self, n: int):
         if self.empty is None:
             return None
         return TextEmbeddings(self.empty.hidden.expand(n, -1, -1), self.empty.pooled.expand(n, -1))
 
-    def _reward(self, latents: torch.Tensor, prompts: Prompts) -> torch.Tensor:
-        """(B,) rewards of the decoded latents, or (B, K) per-reward columns (``reward.aggregate=zscore_sum``)."""
+    def reward(self, latents: torch.Tensor, prompts: Prompts, combined: bool = False) -> torch.Tensor:
+        """(B,) rewards of the decoded latents, or (B, K) per-reward columns (``reward.aggregate=zscore_sum``)
+        unless ``combined`` (then their weighted sum)."""
         images = self.backbone.decode(latents)
         if self.multi_columns:
-            return self.task.reward_matrix(images, prompts)
+            matrix = self.task.reward_matrix(images, prompts)
+            return matrix @ self.task.weights.to(matrix.device) if combined else matrix
         return self.task.reward(images, prompts)
 
     def evaluate(self) -> dict:
@@ -169,7 +182,7 @@ class Trainer:
             self.last_eval = evaluation.evaluate(
                 self.backbone, self.backbone.denoiser(self.model), self.task, self.sigmas, self.cfg.sampling,
                 seeds=self.cfg.eval_seeds, batch=evaluation.batch_size(self.cfg), device=self.device, empty=self.empty,
-                autocast=self._autocast)
+                autocast=self.autocast)
         finally:
             self.model.train()
         return self.last_eval.metrics
@@ -186,174 +199,44 @@ class Trainer:
             n = len(cand)
             noise = _noise(n, self.backbone.latent_shape, seed + 1).to(self.device)
             denoise = self.backbone.denoiser(self.model)
-            with self._autocast():
+            with self.autocast():
                 if ada.anchor_steps:  # a cheaper anchor: DPM-Solver++ 2M on a coarser grid
-                    latents = sample_dpm(denoise, noise, sigmas(ada.anchor_steps, cfg.shift), self._text(cand.texts),
-                                         self._empty(n), guidance=cfg.guidance)
+                    latents = sample_dpm(denoise, noise, sigmas(ada.anchor_steps, cfg.shift), self.text(cand.texts),
+                                         self.empty_text(n), guidance=cfg.guidance)
                 else:
-                    latents = sample(denoise, noise, self.sigmas, self._text(cand.texts), self._empty(n),
+                    latents = sample(denoise, noise, self.sigmas, self.text(cand.texts), self.empty_text(n),
                                      guidance=cfg.guidance, eta=cfg.eta, family=cfg.family).latents
-            anchor = self._reward(latents, cand)
-            if anchor.dim() == 2:  # per-reward columns: the capability is of the weighted reward
-                anchor = anchor @ self.task.weights.to(anchor.device)
+            anchor = self.reward(latents, cand, combined=True)
             self.tracker.update(anchor)
             keep = self._pick(anchor, ada) if ada.curriculum else torch.arange(ada.keep)
             stats = {"anchor_reward": anchor.mean().item(), "ema_mean": self.tracker.mean.item()}
         return cand.take(keep), stats
 
     def step(self) -> dict:
-        """One iteration; returns its metrics."""
-        cfg, ada, opt_cfg = self.cfg, self.cfg.adagrpo, self.cfg.optim
-        seed = cfg.seed * 1_000_003 + self.iteration * 7919 + self.rank * 104_729
+        """One iteration, ``select → rollout → reward → advantage → update``; returns its metrics. Selection
+        (AdaGRPO's curriculum) is the driver's; the rest is the method's (``fastgrpo.methods``)."""
+        seed = self.cfg.seed * 1_000_003 + self.iteration * 7919 + self.rank * 104_729
         t0 = self._clock()
         kept, stats = self._select(seed)
         t_select = self._clock()
-        start, end = window(cfg.window, cfg.sampling.steps, self.iteration, cfg.iterations, cfg.seed)
-        grid = (flash_sigmas(self.sigmas, end, cfg.sampling.steps, cfg.sampling.shift, cfg.window.flash_ratio,
-                             cfg.window.flash_min_steps) if cfg.window.flash else self.sigmas)
-        G = cfg.group_size
-        groups, rewards, finals = [], [], []  # groups: (prompt text, trajectory of G samples)
-        self.model.eval()
-        denoise = self.backbone.denoiser(self.model)
-        for p, text in enumerate(kept.texts):
-            target = kept.take([p]).repeat(G)
-            if cfg.branch.enabled:
-                with self._autocast():
-                    branches = branch(denoise, self._group_noise(1, seed + 100 + p), self.sigmas, cfg.branch.points,
-                                      cfg.branch.strides, G, self._text([text]), self._empty(1),
-                                      guidance=cfg.sampling.guidance, eta=cfg.sampling.eta, family=cfg.sampling.family,
-                                      logprob=cfg.sampling.logprob, seed=seed + 200 + p,
-                                      score=lambda latents: self._reward(latents, target))
-                for _, traj, r in branches:
-                    groups.append((text, traj))
-                    rewards.append(r)
-                continue
-            with self._autocast():
-                traj = sample(denoise, self._group_noise(G, seed + 100 + p), grid, self._text([text] * G),
-                              self._empty(G), guidance=cfg.sampling.guidance, eta=cfg.sampling.eta,
-                              family=cfg.sampling.family, logprob=cfg.sampling.logprob, window=(start, end),
-                              seed=seed + 200 + p, flash=cfg.window.flash)
-            groups.append((text, traj))
-            if cfg.stepwise.enabled:
-                with self._autocast():
-                    gains, final = self._stepwise_gains(traj, text, target)
-                rewards.append(gains)
-                finals.append(final)
-            else:
-                rewards.append(self._reward(traj.latents, target))
-        self.model.train()
+        batch = self.method.rollout(kept, seed)
         t_rollout = self._clock()
-        rewards = torch.cat(rewards)  # (N,), or (N, |Λ|) for G²RPO's granularities
-        if self._first_nonfinite({"rewards": rewards}) is not None:
+        rewards = batch.rewards
+        if self.first_nonfinite({"rewards": rewards.values}) is not None:
             return self._nonfinite("rewards")
-        ids = torch.arange(len(groups), device=rewards.device).repeat_interleave(G)
-        adv = group_advantages(rewards, ids, std=opt_cfg.adv_std, eps=opt_cfg.adv_eps, clip=opt_cfg.adv_clip,
-                               ema=self.tracker if ada.fusion else None, fusion_weight=ada.fusion_weight,
-                               pooled=cfg.stepwise.enabled, check_finite=False,
-                               **({"weights": self.task.weights, "aggregate": "zscore_sum"} if self.multi_columns
-                                  else {}))
-        # the reported reward: of the final images (Stepwise), the weighted sum (several rewards), or the mean over
-        # granularities (G²RPO)
-        if finals:
-            rewards = torch.cat(finals)
-        elif self.multi_columns:
-            rewards = rewards @ self.task.weights.to(rewards.device)
-        elif rewards.dim() == 2:
-            rewards = rewards.mean(1)
+        adv = self.method.advantages(batch)
         t_adv = self._clock()
-
-        trained = self._trained_steps(len(groups[0][1].x), seed)
-        ratios, clipfrac, losses, kls, norms = [], [], [], [], []
-        # optim.minibatches AdamW steps per rollout batch, each on a contiguous share of the groups; after the
-        # first, the replayed samples come from an older policy, so the ratio departs from 1 and the clip acts
-        chunks = [c.tolist() for c in torch.arange(len(groups)).tensor_split(min(opt_cfg.minibatches, len(groups)))]
-        for chunk in chunks:
-            self.optimizer.zero_grad(set_to_none=True)
-            pairs = [(p, j) for p in chunk for j in trained]
-            for done, (p, j) in enumerate(pairs, 1):
-                prompt_text, traj = groups[p]
-                a = adv.advantages[p * G:(p + 1) * G]
-                total, ratio, clipped, kl = self._replay(traj, j, prompt_text, a[:, j] if a.dim() == 2 else a)
-                with self._sync_grads(last=done == len(pairs)):
-                    (total / len(pairs)).backward()
-                ratios.append(ratio)
-                clipfrac.append(clipped)
-                losses.append(total.detach())
-                if kl is not None:
-                    kls.append(kl)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, opt_cfg.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2's norm is a DTensor: its full value (a collective), once
-                grad_norm = grad_norm.full_tensor()
-            # a finite loss can still carry an inf/NaN gradient (an overflow in the backward) that the clip would
-            # spread to every weight: both are checked, in one read-back, before the update
-            bad = self._first_nonfinite({"loss": torch.stack(losses[-len(pairs):]).mean(), "grad_norm": grad_norm})
-            if bad is not None:  # this minibatch's update is dropped (earlier ones of the iteration stand)
-                return self._nonfinite(bad)
-            self.optimizer.step()
-            norms.append(grad_norm)
+        result = self.method.update(batch, adv, seed)
+        if isinstance(result, str):  # a non-finite loss or gradient: that minibatch's update was dropped
+            return self._nonfinite(result)
         self.nonfinite_in_a_row = 0
         t_update = self._clock()
-        first = len(trained) * len(chunks[0])  # the first minibatch replays the rollout policy itself
-        read = {"reward": rewards.mean(), "loss": torch.stack(losses).mean(), "grad_norm": torch.stack(norms).mean(),
-                "first_ratio_max_dev": (torch.cat(ratios[:first]) - 1).abs().max(),
-                "ratio_max_dev": (torch.cat(ratios) - 1).abs().max(), "clipfrac": torch.stack(clipfrac).mean(),
-                "zero_spread_groups": adv.zero_spread_groups, **({"kl": torch.stack(kls).mean()} if kls else {})}
+        read = {"reward": rewards.final.mean(), **result, "zero_spread_groups": adv.zero_spread_groups}
         values = torch.stack([v.detach().float().reshape(()).to(self.device) for v in read.values()]).tolist()
         metrics = dict(zip(read, values))  # one read-back for every metric of the iteration
         metrics["zero_spread_groups"] = int(metrics["zero_spread_groups"])
-        return {**metrics, "window_start": start, "t_select": t_select - t0, "t_rollout": t_rollout - t_select,
+        return {**metrics, **batch.info, "t_select": t_select - t0, "t_rollout": t_rollout - t_select,
                 "t_advantage": t_adv - t_rollout, "t_update": t_update - t_adv, **stats}
-
-    def _replay(self, traj, j: int, prompt_text: str, advantage: torch.Tensor):
-        """Step ``j`` of a stored group replayed by the trained model: (PPO loss [+ β·KL], ratio, clip fraction,
-        KL or None). With ``optim.kl_beta`` the reference's mean at the same input joins the fused step."""
-        cfg, opt_cfg = self.cfg, self.cfg.optim
-        step_args = (traj.x[j], traj.sigma[j], traj.sigma_next[j], cfg.sampling.eta)
-        mu_ref = None
-        if opt_cfg.kl_beta > 0:
-            with torch.no_grad(), self._autocast(), self._reference() as reference:
-                v_ref = self._velocity(reference, traj, j, prompt_text)
-                mu_ref = flow_step(v_ref, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
-                                   x_next=traj.x_next[j], return_mean=True).mean
-        with self._autocast():
-            v = self._velocity(self.trained, traj, j, prompt_text)
-        fused = flow_step(v, *step_args, family=cfg.sampling.family, logprob=cfg.sampling.logprob,
-                          x_next=traj.x_next[j], mu_ref=mu_ref)
-        out = ppo_clip_loss(fused.log_prob, traj.log_prob[j], advantage, opt_cfg.clip_range)
-        total, kl = out.loss, None
-        if mu_ref is not None:
-            total = total + kl_penalty(fused.kl, opt_cfg.kl_beta)
-            kl = fused.kl.detach().mean()
-        return total, torch.exp(fused.log_prob.detach() - traj.log_prob[j]), out.clipfrac, kl
-
-    @torch.no_grad()
-    def _stepwise_gains(self, traj, text: str, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """((G, steps) gains R(x̂0 after step j) − R(x̂0 before it), (G,) final rewards); x̂0(x_t) from
-        ``stepwise.substeps`` Euler steps to σ = 0. The gains telescope to R(after the last window step) −
-        R(x̂0 before the first)."""
-        cfg = self.cfg
-        G = traj.latents.shape[0]
-        embeddings = self._text([text] * G)
-        denoise = self.backbone.denoiser(self.model)
-
-        def refined(x, sigma):
-            grid = torch.linspace(sigma, 0.0, cfg.stepwise.substeps + 1).tolist()
-            for s, sn in zip(grid[:-1], grid[1:]):
-                x = x + (sn - s) * guided_velocity(denoise, x, s, embeddings, self._empty(G), cfg.sampling.guidance)
-            return x
-
-        before = [self._reward(refined(x, s), target) for x, s in zip(traj.x, traj.sigma)]
-        after = before[1:] + [self._reward(refined(traj.x_next[-1], traj.sigma_next[-1]), target)]
-        return torch.stack([a - b for a, b in zip(after, before)], 1), self._reward(traj.latents, target)
-
-    def _velocity(self, model, traj, j: int, prompt_text: str) -> torch.Tensor:
-        """v at stored step j, batched exactly as in the rollout (so the replayed log-prob is bit-identical): the
-        whole group, or one call expanded to the group when its samples share the input (G²RPO's branches)."""
-        x = traj.x[j]
-        n = 1 if traj.shared_input else x.shape[0]
-        v = guided_velocity(self.backbone.denoiser(model), x[:n], traj.sigma[j], self._text([prompt_text] * n),
-                            self._empty(n), self.cfg.sampling.guidance)
-        return v.expand_as(x)
 
     def _pick(self, anchor: torch.Tensor, ada) -> torch.Tensor:
         """Kept candidates by ``adagrpo.selection``: nearest μ_ema (the curriculum), the easiest / hardest anchors,
@@ -369,32 +252,23 @@ class Trainer:
             return torch.sort((anchor.cpu() - anchor.cpu().median()).abs(), stable=True).indices[:ada.keep]
         return torch.arange(ada.keep)
 
-    def _group_noise(self, group: int, seed: int) -> torch.Tensor:
+    def group_noise(self, group: int, seed: int) -> torch.Tensor:
         """A group's initial noise: independent per sample, or one draw shared by the group (DanceGRPO)."""
         noise = _noise(1 if self.cfg.sampling.shared_noise else group, self.backbone.latent_shape, seed)
         return noise.expand(group, *noise.shape[1:]).contiguous().to(self.device)
 
-    def _trained_steps(self, stored: int, seed: int) -> list[int]:
-        """The stored SDE steps trained this iteration: all, or a random ``window.train_fraction`` of them."""
-        fraction = self.cfg.window.train_fraction
-        if fraction >= 1.0:
-            return list(range(stored))
-        count = max(1, round(fraction * stored))
-        pick = torch.randperm(stored, generator=torch.Generator().manual_seed(seed + 3))[:count]
-        return sorted(pick.tolist())
-
-    def _autocast(self):
+    def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.model.autocast)
 
-    def _sync_grads(self, last: bool):
+    def sync_grads(self, last: bool):
         """DDP / FSDP reduce gradients on the last backward of the iteration only."""
         return distributed.no_sync(self.trained, self.world_size, skip=not last)
 
     @contextlib.contextmanager
-    def _reference(self):
+    def reference(self):
         """The KL reference: the frozen initial copy, or the LoRA model with its adapter off."""
-        if self.reference is not None:
-            yield self.reference
+        if self.reference_copy is not None:
+            yield self.reference_copy
         else:
             with adapters_disabled(self.model):
                 yield self.model
@@ -404,7 +278,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _first_nonfinite(self, values: dict[str, torch.Tensor]) -> str | None:
+    def first_nonfinite(self, values: dict[str, torch.Tensor]) -> str | None:
         """The first name whose tensor has a non-finite entry on any rank (so every rank skips the same iterations
         together): one flag vector, one all-reduce, one read."""
         flags = torch.stack([(~torch.isfinite(v.detach())).any() for v in values.values()]).to(torch.float32)

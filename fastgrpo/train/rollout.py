@@ -9,7 +9,7 @@ trajectories (benchmarks/study_flash_tail.py; T = 10, 4 tail steps): a within-gr
 0.938–0.990 started fresh vs 0.933–0.973 seeded with the window's x̂0; on a straight path a fresh tail is exact."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -29,6 +29,8 @@ class Trajectory:
     """Per window step: (G,) log-prob of the stored x_next (the PPO 'old' log-prob)."""
     sigma: list[float]
     sigma_next: list[float]
+    mean: list[Tensor] = field(default_factory=list)
+    """Per window step: the rollout's mean μ_old (only with ``keep_mean``: GRPO-Guard's RatioNorm needs it)."""
     shared_input: bool = False
     """All G samples share each stored input x (G²RPO's branches): one model call serves the group."""
 
@@ -50,8 +52,9 @@ def guided_velocity(model, x: Tensor, sigma: float, text: TextEmbeddings, empty:
 @torch.no_grad()
 def sample(model, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: TextEmbeddings | None, *,
            guidance: float, eta: float, family: str, logprob: str = "full", window: tuple[int, int] = (0, 0),
-           seed: int = 0, flash: bool = False) -> Trajectory:
-    """Integrate from ``noise`` along ``sigmas`` (T'+1 values). Steps in [window) are SDE and stored."""
+           seed: int = 0, flash: bool = False, keep_mean: bool = False) -> Trajectory:
+    """Integrate from ``noise`` along ``sigmas`` (T'+1 values). Steps in [window) are SDE and stored (with their
+    means μ when ``keep_mean``)."""
     x = noise
     start, end = window
     traj = Trajectory(x, [], [], [], [], [])
@@ -61,7 +64,10 @@ def sample(model, noise: Tensor, sigmas: Tensor, text: TextEmbeddings, empty: Te
         s, sn = sig[i], sig[i + 1]
         v = guided_velocity(model, x, s, text, empty, guidance)
         if start <= i < end:
-            out = flow_step(v, x, s, sn, eta, family=family, logprob=logprob, seed=seed * 1009 + i)
+            out = flow_step(v, x, s, sn, eta, family=family, logprob=logprob, seed=seed * 1009 + i,
+                            return_mean=keep_mean)
+            if keep_mean:
+                traj.mean.append(out.mean)
             traj.x.append(x)
             traj.x_next.append(out.x_next)
             traj.log_prob.append(out.log_prob)
