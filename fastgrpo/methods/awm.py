@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from ..algorithms.awm import awm_loss, stratified_indices
-from ..algorithms.nft import soft_update_decay
 from .base import RolloutBatch, UnitLoss
 from .forward import ForwardProcessMethod
 from .snapshot import WeightSnapshot
@@ -30,10 +29,10 @@ from .snapshot import WeightSnapshot
 
 class AWM(ForwardProcessMethod):
     name = "awm"
+    snapshot_key = "ema"
 
     def __init__(self, trainer):
         super().__init__(trainer)
-        self.ema = WeightSnapshot(trainer.model)
         self.adv_clip = self.cfg.awm.adv_clip
 
     def units(self, batch: RolloutBatch, seed: int) -> list[list[tuple[int, int]]]:
@@ -72,13 +71,8 @@ class AWM(ForwardProcessMethod):
         return UnitLoss(total, stats)
 
     def after_update(self) -> None:
-        awm = self.cfg.awm
-        self.ema.soft_update(soft_update_decay(self.trainer.optimizer_steps, awm.ema_decay_rate, awm.ema_decay_max))
+        self.soft_update(self.cfg.awm.ema_decay_rate, self.cfg.awm.ema_decay_max)
 
-    def state_dict(self) -> dict:
-        return {"ema": self.ema.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"ema"}:
-            raise ValueError(f"method 'awm' expects its EMA anchor in the checkpoint, found {sorted(state)}")
-        self.ema.load_state_dict(state["ema"])
+    @property
+    def ema(self) -> WeightSnapshot:
+        return self.snapshot

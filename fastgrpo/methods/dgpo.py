@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 
 from ..algorithms.dgpo import dgpo_loss
-from ..algorithms.nft import soft_update_decay
 from .base import RolloutBatch, UnitLoss
 from .forward import ForwardProcessMethod
 from .snapshot import WeightSnapshot
@@ -31,10 +30,10 @@ from .snapshot import WeightSnapshot
 
 class DGPO(ForwardProcessMethod):
     name = "dgpo"
+    snapshot_key = "ema"
 
     def __init__(self, trainer):
         super().__init__(trainer)
-        self.ema = WeightSnapshot(trainer.model)
         self.global_std = self.cfg.dgpo.global_std
 
     def rollout_policy(self):
@@ -72,13 +71,8 @@ class DGPO(ForwardProcessMethod):
         return UnitLoss(total, stats)
 
     def after_optimizer_step(self) -> None:
-        dgpo = self.cfg.dgpo
-        self.ema.soft_update(soft_update_decay(self.trainer.optimizer_steps, dgpo.ema_decay_rate, dgpo.ema_decay_max))
+        self.soft_update(self.cfg.dgpo.ema_decay_rate, self.cfg.dgpo.ema_decay_max)
 
-    def state_dict(self) -> dict:
-        return {"ema": self.ema.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"ema"}:
-            raise ValueError(f"method 'dgpo' expects its EMA copy in the checkpoint, found {sorted(state)}")
-        self.ema.load_state_dict(state["ema"])
+    @property
+    def ema(self) -> WeightSnapshot:
+        return self.snapshot

@@ -14,16 +14,37 @@ from torch import Tensor
 
 from ..ops import group_advantages
 from ..train.rollout import sample_dpm
+from ..algorithms.nft import soft_update_decay
 from .base import Method, Rewards, RolloutBatch
+from .snapshot import WeightSnapshot
 
 STD_EPS = 1e-4
 """ε in A = (r − mean)/(std + ε) (Flow-GRPO's per-prompt stat tracker, which both released codes use)."""
 
 
 class ForwardProcessMethod(Method):
+    snapshot_key: str = ""
+    """The name of the method's weight snapshot (``old``, ``ema``) in ``self.snapshot`` and in checkpoints."""
     adv_clip: float = 5.0
     global_std: bool = True
     """Normalise by the whole batch's std (NFT, AWM) or each group's own (DGPO's GenEval recipe)."""
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.snapshot = WeightSnapshot(trainer.model)
+
+    def soft_update(self, rate: float, cap: float) -> None:
+        """θ_snap ← d·θ_snap + (1 − d)·θ with d = min(rate·s, cap) after s optimiser steps in all."""
+        self.snapshot.soft_update(soft_update_decay(self.trainer.optimizer_steps, rate, cap))
+
+    def state_dict(self) -> dict:
+        return {self.snapshot_key: self.snapshot.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {self.snapshot_key}:
+            raise ValueError(f"method {self.name!r} expects its {self.snapshot_key!r} weights in the checkpoint, "
+                             f"found {sorted(state)}")
+        self.snapshot.load_state_dict(state[self.snapshot_key])
 
     def rollout_policy(self):
         """A context in which the live weights are the rollout policy (the current weights by default)."""

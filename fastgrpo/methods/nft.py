@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..algorithms.nft import nft_loss, nft_optimality, soft_update_decay
+from ..algorithms.nft import nft_loss, nft_optimality
 from .base import RolloutBatch, UnitLoss
 from .forward import ForwardProcessMethod
 from .snapshot import WeightSnapshot
@@ -30,10 +30,10 @@ from .snapshot import WeightSnapshot
 
 class DiffusionNFT(ForwardProcessMethod):
     name = "nft"
+    snapshot_key = "old"
 
     def __init__(self, trainer):
         super().__init__(trainer)
-        self.old = WeightSnapshot(trainer.model)
         self.adv_clip = self.cfg.nft.adv_clip
 
     def rollout_policy(self):
@@ -72,13 +72,8 @@ class DiffusionNFT(ForwardProcessMethod):
         return UnitLoss(total, stats)
 
     def after_update(self) -> None:
-        nft = self.cfg.nft
-        self.old.soft_update(soft_update_decay(self.trainer.optimizer_steps, nft.old_decay_rate, nft.old_decay_max))
+        self.soft_update(self.cfg.nft.old_decay_rate, self.cfg.nft.old_decay_max)
 
-    def state_dict(self) -> dict:
-        return {"old": self.old.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != {"old"}:
-            raise ValueError(f"method 'nft' expects its old policy in the checkpoint, found {sorted(state)}")
-        self.old.load_state_dict(state["old"])
+    @property
+    def old(self) -> WeightSnapshot:
+        return self.snapshot
