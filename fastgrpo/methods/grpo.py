@@ -152,7 +152,7 @@ class GRPO(Method):
             ratio = rationorm_ratio(fused.mean, traj.mean[j], traj.x_next[j], fused.std)
             out = rationorm_loss(ratio, a, opt.clip_range, traj.sigma_next[j] - traj.sigma[j])
         else:
-            ratio = torch.exp(fused.log_prob - traj.log_prob[j])
+            ratio = torch.exp(fused.log_prob.detach() - traj.log_prob[j])  # diagnostics only: no graph
             out = ppo_clip_loss(fused.log_prob, traj.log_prob[j], a, opt.clip_range,
                                 weights=None if weight == 1.0 else torch.tensor(weight, device=a.device))
         stats = {"ratio": ratio.detach(), "clipfrac": out.clipfrac}
