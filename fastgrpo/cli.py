@@ -1,4 +1,4 @@
-"""Command line: ``fastgrpo train`` | ``eval`` | ``sample`` | ``pretrain-world`` | ``demo`` | ``bench``."""
+"""Command line: ``fastgrpo train`` | ``config`` | ``eval`` | ``sample`` | ``pretrain-world`` | ``demo`` | ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--config", default=None, help="a YAML file, or a shipped recipe's name (default, mixgrpo, flow_grpo, ...); none: the default")
     tr.add_argument("--resume", default=None, help="a run directory to continue")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=20 window.size=2")
+    cf = sub.add_parser("config", help="print the resolved config (a recipe and overrides, checked) as YAML, or "
+                                       "every key with its type, default and meaning")
+    cf.add_argument("--config", default=None, help="a YAML file or a shipped recipe's name, as for train")
+    cf.add_argument("--keys", action="store_true", help="list every key: type, default, description")
+    cf.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
     pre = sub.add_parser("pretrain-world", help="flow-matching pretraining of the embedded world's weights")
     pre.add_argument("--steps", type=int, default=4800,
                      help="AdamW steps of the drawing stage (the shipped weights: 4800, seed 0)")
@@ -43,9 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default=None, help="write results here instead of benchmarks/results/<device>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    if args.command == "train":
-        from .train import load_config, train
-        train(load_config(args.config, tuple(args.overrides)), resume=args.resume)
+    if args.command in ("train", "config"):
+        from .train import load_config
+        try:
+            config = load_config(args.config, tuple(args.overrides))
+        except (ValueError, FileNotFoundError) as error:  # a wrong key or value: the message names it
+            (tr if args.command == "train" else cf).error(str(error))
+        if args.command == "config":
+            from .train.config import describe, dump_config
+            print(describe(type(config)) if args.keys else dump_config(config), end="")
+            return 0
+        from .train import train
+        train(config, resume=args.resume)
         return 0
     if args.command == "pretrain-world":
         from .world import WEIGHTS

@@ -1,12 +1,11 @@
-"""The training config (issue 11): typed list and mapping keys from YAML and the command line, strict scalar types,
-errors that name the key, and every shipped recipe through dump and load."""
-import dataclasses
-
+"""The training config: typed sections (pydantic), list and mapping keys from YAML and the command line, no bool
+where a number belongs, errors that name the dotted key and the value, and every shipped recipe through dump and
+load."""
 import pytest
 import yaml
 
 from fastgrpo.train import TrainConfig, load_config
-from fastgrpo.train.config import RECIPES, dump_config, recipe_names
+from fastgrpo.train.config import RECIPES, Section, dump_config, recipe_names, to_dict
 
 SD3 = ("model.kind=sd3", "data.train_prompts=prompts.txt", "reward.names=pickscore,hpsv2")  # real-model rewards
 
@@ -71,16 +70,17 @@ def test_comma_strings_in_yaml_still_load(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("branch.points=0,a", r"config key 'branch\.points\[1\]' expects an integer, got 'a'"),
-    ("branch.points=[0, 1.5]", r"'branch\.points\[1\]' expects an integer, got 1\.5"),
-    ("branch.strides=[true]", r"'branch\.strides\[0\]' expects an integer, got True"),
-    ("reward.weights=1,heavy", r"'reward\.weights\[1\]' expects a number, got 'heavy'"),
-    ("model.lora_targets=[[to_q]]", r"'model\.lora_targets\[0\]' expects a string, got \['to_q'\]"),
-    ("reward.names={pickscore: 1}", r"'reward\.names' expects a list"),
-    ("reward.names=[pickscore", r"'reward\.names': '\[pickscore' is not a YAML list"),
-    ("reward.paths=pickscore", r"'reward\.paths' expects a mapping"),
-    ("reward.paths=[pickscore]", r"'reward\.paths' expects a mapping"),
-    ("reward.paths={pickscore: [a]}", r"'reward\.paths\.pickscore' expects a string"),
+    ("branch.points=0,a", r"config key 'branch\.points\[1\]' = 'a': Input should be a valid integer"),
+    ("branch.points=[0, 1.5]", r"'branch\.points\[1\]' = 1\.5: Input should be a valid integer, got a number with "
+                               "a fractional part"),
+    ("branch.strides=[true]", r"'branch\.strides' = \[True\]: expects a number, not true/false"),
+    ("reward.weights=1,heavy", r"'reward\.weights\[1\]' = 'heavy': Input should be a valid number"),
+    ("model.lora_targets=[[to_q]]", r"'model\.lora_targets\[0\]' = \['to_q'\]: Input should be a valid string"),
+    ("reward.names={pickscore: 1}", r"'reward\.names' = \{'pickscore': 1\}: Input should be a valid list"),
+    ("reward.names=[pickscore", r"'reward\.names': '\[pickscore' is not a YAML value"),
+    ("reward.paths=pickscore", r"'reward\.paths' = 'pickscore': expects a mapping"),
+    ("reward.paths=[pickscore]", r"'reward\.paths' = \['pickscore'\]: Input should be a valid dictionary"),
+    ("reward.paths={pickscore: [a]}", r"'reward\.paths\.pickscore' = \['a'\]: Input should be a valid string"),
 ])
 def test_list_element_errors_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -111,21 +111,23 @@ def test_values_are_checked():
 
 
 @pytest.mark.parametrize("text, want", [("true", True), ("false", False), ("yes", True), ("no", False),
-                                        ("1", True), ("0", False), ("True", True), ("NO", False)])
+                                        ("1", True), ("0", False), ("True", True), ("NO", False), ("off", False)])
 def test_bool_words_on_the_command_line(text, want):
     assert load_config(None, (f"window.flash={text}",)).window.flash is want
 
 
 @pytest.mark.parametrize("override, message", [
-    ("window.flash=2", r"'window\.flash' expects true or false, got '2'"),
-    ("window.flash=maybe", r"'window\.flash' expects true or false"),
-    ("group_size=true", r"'group_size' expects an integer, got 'true'"),
-    ("group_size=2.5", r"'group_size' expects an integer, got '2\.5'"),
-    ("group_size=many", r"'group_size' expects an integer"),
-    ("optim.lr=true", r"'optim\.lr' expects a number, got 'true'"),
-    ("optim.lr=fast", r"'optim\.lr' expects a number"),
-    ("model.kind=[sd3]", r"'model\.kind' expects a string, got \['sd3'\]"),
-    ("out_dir={a: 1}", r"'out_dir' expects a string"),
+    ("window.flash=2", r"'window\.flash' = 2: Input should be a valid boolean"),
+    ("window.flash=maybe", r"'window\.flash' = 'maybe': Input should be a valid boolean"),
+    ("group_size=true", r"'group_size' = True: expects a number, not true/false"),
+    ("group_size=2.5", r"'group_size' = 2\.5: Input should be a valid integer"),
+    ("group_size=many", r"'group_size' = 'many': Input should be a valid integer"),
+    ("optim.lr=true", r"'optim\.lr' = True: expects a number, not true/false"),
+    ("optim.lr=fast", r"'optim\.lr' = 'fast': Input should be a valid number"),
+    ("optim.lr=nan", r"'optim\.lr' = 'nan': Input should be greater than 0"),
+    ("eval_batch=true", r"'eval_batch' = True: expects a number"),
+    ("model.kind=[sd3]", r"'model\.kind' = \['sd3'\]: Input should be 'world', 'sd3' or 'flux'"),
+    ("out_dir={a: 1}", r"'out_dir' = \{'a': 1\}: Input should be a valid string"),
 ])
 def test_wrong_types_on_the_command_line_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
@@ -133,15 +135,15 @@ def test_wrong_types_on_the_command_line_name_the_key(override, message):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("window: {flash: 2}", r"'window\.flash' expects true or false, got 2"),
-    ("window: {flash: 1}", r"'window\.flash' expects true or false, got 1"),
-    ("group_size: true", r"'group_size' expects an integer, got True"),
-    ("group_size: 2.5", r"'group_size' expects an integer, got 2\.5"),
-    ("optim: {lr: true}", r"'optim\.lr' expects a number, got True"),
-    ("model: {kind: [sd3]}", r"'model\.kind' expects a string, got \['sd3'\]"),
-    ("device: true", r"'device' expects a string, got True"),
-    ("data: {train_prompts: {a: 1}}", r"'data\.train_prompts' expects a string"),
+    ("window: {flash: 2}", r"'window\.flash' = 2: Input should be a valid boolean"),
+    ("group_size: true", r"'group_size' = True: expects a number, not true/false"),
+    ("group_size: 2.5", r"'group_size' = 2\.5: Input should be a valid integer"),
+    ("optim: {lr: true}", r"'optim\.lr' = True: expects a number"),
+    ("model: {kind: [sd3]}", r"'model\.kind' = \['sd3'\]: Input should be 'world', 'sd3' or 'flux'"),
+    ("device: true", r"'device' = True: Input should be a valid string"),
+    ("data: {train_prompts: {a: 1}}", r"'data\.train_prompts' = \{'a': 1\}: Input should be a valid string"),
     ("window: 4", r"'window' is a section"),
+    ("window: {size: 2, sise: 3}", r"unknown config key 'window\.sise' \(did you mean 'size'\?\)"),
 ])
 def test_wrong_types_in_yaml_name_the_key(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
@@ -158,15 +160,38 @@ def test_numbers_convert_where_exact(tmp_path):
 
 
 def test_closed_choices_list_the_allowed_values():
-    with pytest.raises(ValueError, match="model.kind must be world, sd3 or flux, got 'sdxl'"):
+    with pytest.raises(ValueError, match="'model.kind' = 'sdxl': Input should be 'world', 'sd3' or 'flux'$"):
         load_config(None, ("model.kind=sdxl",))
-    with pytest.raises(ValueError, match="window.schedule must be one of .*'progressive'"):
+    with pytest.raises(ValueError, match="'window.schedule' = 'sliding': Input should be 'progressive', 'frozen', "
+                                         "'random', 'linear_decay' or 'exp_decay'"):
         load_config(None, ("window.schedule=sliding",))
+    with pytest.raises(ValueError, match="'sampling.family' = 'ode': Input should be 'flow_sde', 'dance_sde', 'cps' "
+                                         "or 'ddim_sde'"):
+        load_config(None, ("sampling.family=ode",))
+
+
+def test_every_wrong_key_is_reported_at_once():
+    with pytest.raises(ValueError) as error:
+        load_config(None, ("window.size=0", "optim.lr=-1", "adagrpo.selection=best"))
+    lines = str(error.value).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("config key 'window.size' = 0: Input should be greater than or "
+                                                   "equal to 1")
+    assert "'adagrpo.selection' = 'best'" in lines[1] and "'optim.lr' = -1" in lines[2]  # in the file's order
+
+
+def test_a_checkpoint_config_of_another_version_names_the_key():
+    from fastgrpo.train.config import from_dict, to_dict
+
+    saved = to_dict(TrainConfig())
+    assert from_dict(saved) == TrainConfig()
+    saved["window"]["retired_option"] = 1
+    with pytest.raises(ValueError, match="unknown config key 'window.retired_option'"):
+        from_dict(saved)
 
 
 def test_method_settings_that_contradict_each_other_name_the_keys():
     assert load_config("diffusion_nft").method == "nft"
-    with pytest.raises(ValueError, match="method must be one of grpo, nft, awm, dgpo, got 'nfts'"):
+    with pytest.raises(ValueError, match="'method' = 'nfts': Input should be 'grpo', 'nft', 'awm' or 'dgpo'"):
         load_config(None, ("method=nfts",))
     with pytest.raises(ValueError, match=r"method=nft contradicts sampling.guidance > 1"):
         load_config(None, ("method=nft", "sampling.guidance=4.5"))
@@ -213,7 +238,7 @@ def test_unknown_keys_name_the_nearest():
 def test_every_zero_means_never_and_negative_is_refused(tmp_path, key):
     assert getattr(load_config(None, (f"{key}=0",)), key) == 0
     assert getattr(load_config(_yaml(tmp_path, f"{key}: 0\n")), key) == 0
-    with pytest.raises(ValueError, match=f"{key} must be >= 0"):
+    with pytest.raises(ValueError, match=f"'{key}' = -1: Input should be greater than or equal to 0"):
         load_config(None, (f"{key}=-1",))
 
 
@@ -229,7 +254,7 @@ def test_every_recipe_round_trips_through_dump_and_load(recipe, tmp_path):
     cfg = load_config(recipe, ("data.train_prompts=prompts.txt",))  # the sd3 / flux recipes need prompts
     dump_config(cfg, tmp_path / "again.yaml")
     assert load_config(str(tmp_path / "again.yaml")) == cfg
-    saved = dataclasses.asdict(cfg)  # what a checkpoint holds: plain lists and dicts
+    saved = to_dict(cfg)  # what a checkpoint holds: plain lists and dicts
     assert type(saved["reward"]["names"]) is list and type(saved["reward"]["paths"]) is dict
     assert type(saved["branch"]["points"]) is list and type(saved["model"]["lora_targets"]) is list
     dumped = yaml.safe_load((tmp_path / "again.yaml").read_text())
@@ -257,16 +282,15 @@ def test_defaults():
     assert TrainConfig().reward.names is not cfg.reward.names  # no list shared between configs
 
 
-def test_default_yaml_lists_the_dataclass_defaults():
+def test_default_yaml_lists_the_field_defaults():
     path = RECIPES / "default.yaml"
     assert load_config(str(path)) == TrainConfig()
 
     def keys(cls, prefix=""):  # every field, dotted
         out = set()
-        for f in dataclasses.fields(cls):
-            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-            nested = sub is not None and dataclasses.is_dataclass(sub)
-            out |= keys(sub, prefix + f.name + ".") if nested else {prefix + f.name}
+        for name, info in cls.model_fields.items():
+            nested = isinstance(info.annotation, type) and issubclass(info.annotation, Section)
+            out |= keys(info.annotation, prefix + name + ".") if nested else {prefix + name}
         return out
 
     top = yaml.safe_load(path.read_text())  # sections are the top-level mappings, one level deep
@@ -281,3 +305,28 @@ def test_dump_writes_yaml_lists(tmp_path):
     dump_config(cfg, tmp_path / "c.yaml")
     text = (tmp_path / "c.yaml").read_text()
     assert "  points:\n  - 0\n  - 2\n" in text and "  names:\n  - world\n" in text and "  paths: {}\n" in text
+
+
+@pytest.mark.parametrize("command", ["train", "config"])
+def test_the_command_line_reports_a_wrong_key_without_a_traceback(command, capsys):
+    from fastgrpo.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "window.sise=3", "optim.lr=fast"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    assert f"fastgrpo {command}: error: unknown config key 'window.sise' (did you mean 'size'?)" in err
+    assert "config key 'optim.lr' = 'fast': Input should be a valid number" in err
+    with pytest.raises(SystemExit):
+        main([command, "--config", "mixgrpp"])
+    assert "no such file, nor a shipped recipe" in capsys.readouterr().err
+
+
+def test_config_keys_describe_every_field():
+    from fastgrpo.train.config import describe
+
+    text = describe()
+    for section, fields in to_dict(TrainConfig()).items():
+        for key in fields if isinstance(fields, dict) else [None]:
+            assert (f"{section}.{key}: " if key else f"{section}: ") in text
+    assert "method: Literal['grpo', 'nft', 'awm', 'dgpo'] = 'grpo'\n    grpo: the SDE-replay family" in text

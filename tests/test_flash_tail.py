@@ -31,7 +31,7 @@ def _window_end(model, base):
 
 def test_the_default_tail_is_longer_than_mixgrpos_single_jump():
     assert flash_steps(END, T, RATIO, 1) == 1  # MixGRPO's grid at T = 10, r = 0.4: one step to σ = 0
-    assert flash_steps(END, T, RATIO, WindowConfig.flash_min_steps) == 4
+    assert flash_steps(END, T, RATIO, WindowConfig.model_fields["flash_min_steps"].default) == 4
     assert flash_steps(8, T, RATIO, 4) == 2  # never more steps than the schedule has left
     assert flash_steps(4, 25, RATIO, 4) == 7  # MixGRPO's own count where it is larger
     grid = flash_sigmas(sigmas(T, SHIFT), END, T, SHIFT, RATIO)

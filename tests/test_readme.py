@@ -186,6 +186,21 @@ def run_on_a_run(command, tmp):
             assert key in flat, (key, flat[:500])
 
 
+def run_config(command, tmp):
+    """`fastgrpo config ...`: the resolved config loads back equal; --keys lists every key."""
+    from fastgrpo.train import load_config
+    from fastgrpo.train.config import describe
+
+    done = _run(command, tmp)
+    if "--keys" in command:
+        assert done.stdout == describe() and "window.size: int, >= 1 = 4" in done.stdout
+        return
+    (tmp / "resolved.yaml").write_text(done.stdout)
+    recipe = re.search(r"--config (\S+)", command)
+    overrides = tuple(w for w in command.split() if "=" in w and not w.startswith("-"))
+    assert load_config(str(tmp / "resolved.yaml")) == load_config(recipe and recipe.group(1), overrides)
+
+
 def run_bench(command, tmp):
     """`fastgrpo bench [name] [--quick]`: every CPU benchmark, quick, into a temporary folder."""
     names = re.findall(r"bench (\w+)", command)
@@ -214,6 +229,7 @@ RUNNERS = [
     (r"^torchrun .* -m fastgrpo\.cli train .*$", run_torchrun),
     (r"^python -c \"from fastgrpo\.models\.tiny import .*$", run_tiny_pipeline),
     (r"^fastgrpo (sample|eval) runs/default\b.*$", run_on_a_run),
+    (r"^fastgrpo config\b.*$", run_config),
     (r"^fastgrpo bench( \w+)?( --quick)?$", run_bench),
     (r"^python -m benchmarks\.\w+ .*$", run_help),
 ]

@@ -263,7 +263,7 @@ def load_target(target: str | None, device: str | None = None, command: str = "e
     from safetensors.torch import load_file
 
     from . import distributed
-    from .config import TrainConfig, _build, load_config
+    from .config import from_dict, load_config
     from .loop import Trainer
 
     if target in (None, "pretrained"):
@@ -275,7 +275,7 @@ def load_target(target: str | None, device: str | None = None, command: str = "e
         saved = state["config"]
         if device:
             saved = {**saved, "device": device}
-        config = _build(TrainConfig, saved)
+        config = from_dict(saved)
     except Exception as error:  # noqa: BLE001 — any unreadable state is the same user error
         raise TargetError(f"fastgrpo {command} {target}: {ckpt / 'state.pt'} is not a fastgrpo training state "
                          f"({type(error).__name__}: {error})") from None

@@ -79,7 +79,7 @@ def flash_steps(end: int, steps: int, ratio: float, min_steps: int) -> int:
 
 
 def flash_sigmas(base: torch.Tensor, end: int, steps: int, shift: float, ratio: float,
-                 min_steps: int = WindowConfig.flash_min_steps) -> torch.Tensor:
+                 min_steps: int = WindowConfig.model_fields["flash_min_steps"].default) -> torch.Tensor:
     """The schedule with the steps after the window (which ends before step ``end``) re-gridded for Flash:
     ``flash_steps`` steps uniform in unshifted t from t_end to 0, shifted."""
     t0 = 1.0 - end / steps  # unshifted t at σ_end
