@@ -4,7 +4,8 @@ loss equals t²·‖v± − (ε − x0)‖² over a stop-gradient weight w± = t
 import pytest
 import torch
 
-from fastgrpo.algorithms.nft import nft_loss, nft_optimality, soft_update_decay
+from fastgrpo.algorithms.nft import nft_loss, nft_optimality
+from fastgrpo.methods.snapshot import soft_update_decay
 from fastgrpo.methods.snapshot import WeightSnapshot
 
 

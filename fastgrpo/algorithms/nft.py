@@ -64,9 +64,3 @@ def nft_loss(v: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, r: Te
     r = r.detach().to(torch.float32)
     loss = (r * positive + (1 - r) * negative).mean() / beta * adv_clip
     return NFTLoss(loss, positive.detach(), negative.detach())
-
-
-def soft_update_decay(optimizer_steps: int, rate: float = 0.001, cap: float = 0.5) -> float:
-    """The old policy's decay d = min(rate·s, cap) after s optimiser steps (the released ``decay_type=1``):
-    θ_old ← d·θ_old + (1−d)·θ at the end of each epoch, so the first epochs are on-policy."""
-    return min(rate * optimizer_steps, cap)

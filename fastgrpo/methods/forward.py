@@ -14,9 +14,8 @@ from torch import Tensor
 
 from ..ops import group_advantages
 from ..train.rollout import sample_dpm
-from ..algorithms.nft import soft_update_decay
 from .base import Method, Rewards, RolloutBatch
-from .snapshot import WeightSnapshot
+from .snapshot import WeightSnapshot, soft_update_decay
 
 STD_EPS = 1e-4
 """ε in A = (r − mean)/(std + ε) (Flow-GRPO's per-prompt stat tracker, which both released codes use)."""

@@ -40,6 +40,14 @@ def _reshard(model: nn.Module) -> None:
             module.reshard()
 
 
+def soft_update_decay(optimizer_steps: int, rate: float = 0.001, cap: float = 0.5) -> float:
+    """The decay d = min(rate·s, cap) after s optimiser steps, for θ_snap ← d·θ_snap + (1−d)·θ: the schedule of
+    DiffusionNFT's old policy (NVlabs/DiffusionNFT ``decay_type=1``: rate 0.001, cap 0.5) and of AWM's and DGPO's
+    EMA copies (their released code: rate 0.001, cap 0.3). The first updates copy θ, so early epochs are
+    on-policy."""
+    return min(rate * optimizer_steps, cap)
+
+
 class WeightSnapshot:
     """θ_snap, a copy of ``model``'s trainable parameters taken at construction (θ_snap = θ at start)."""
 
