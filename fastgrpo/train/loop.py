@@ -29,6 +29,7 @@ import torch
 from .._dist import rank_and_world
 from ..algorithms import CapabilityTracker
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
+from ..models.compile import compile_blocks
 from ..models.lora import has_lora
 from . import atomic, checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
@@ -65,6 +66,8 @@ class Trainer:
         self.reference_copy = None
         if config.optim.kl_beta > 0 and not self.lora:
             self.reference_copy = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.compiled = compile_blocks(self.model, self.device) if config.model.compile else 0
+        """Transformer blocks compiled (``model.compile``; 0 = eager)."""
         self.rank, self.world_size = rank_and_world()
         self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
         self.params = [p for p in self.trained.parameters() if p.requires_grad]
