@@ -10,12 +10,13 @@ Prediction (written before the run, 2026-12-06): the world's transformer is smal
 iteration is bound by Python and per-op overhead (≈ 15,000 module calls per iteration in a cProfile); fusing each
 block should cut the steady iteration by 20–40%, and compiling costs tens of seconds on 2 cores.
 
-Result (2-core CPU, 2026-12-06, `fastgrpo bench default_job`, two runs; the second is committed): eager 2.31 / 2.48 s
-per iteration; compiled from a cold cache 1.85 / 1.85 s (1.25× / 1.34×) after a first iteration of 92 / 99 s, so
-it catches up after 150–190 iterations; from the warm cache 13 / 14 s first, then 2.63 / 2.16 s — slower than the
-cold run's code in one run, faster in the other (the iteration times spread 0.3–1.6 s within a run; a longer
-measurement is needed to say more). Inside the prediction's range when it helps (−20 to −25%), but the compile
-cost exceeds the saving over the default job's 80 iterations: ``model.compile`` stays off by default.
+Result (2-core CPU, 2026-12-07 00:00–00:04 UTC, `fastgrpo bench default_job`, machine otherwise idle): eager
+2.59 s per iteration (median of 12; other runs that evening 2.1–2.5 s: this machine's spread); compiled from an
+empty cache 1.87 s (1.39×) after a 97.5 s first iteration — it catches up after 131 iterations; from the warm cache
+12.7 s first, then 1.90 s (1.36×), caught up after 15. Inside the prediction when it helps (−28%), and compiling
+took longer than predicted. A fresh machine's first run (the quick start) would lose ≈ 40 s over 80 iterations,
+a later run gains ≈ 40 s: ``model.compile`` stays off by default. (Runs before the recompile limit was raised are
+superseded: past dynamo's default of 8 block variants some blocks ran eager.)
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ try:
 except ImportError:  # run as a script
     import common
 
-ITERATIONS = 6
+ITERATIONS = 12
 QUICK = ("adagrpo.candidates=4", "adagrpo.keep=2", "group_size=4", "sampling.steps=4", "window.size=2")
 """--quick: a small iteration (the README test runs every benchmark this way)."""
 

@@ -88,10 +88,11 @@ class ModelConfig(Section):
     """Recompute the transformer's activations in the backward (memory for time)."""
     compile: bool = False
     """Regional torch.compile of the transformer blocks (fastgrpo/models/compile.py), rollout and training alike.
-    Off by default: on the world's default job (2-core CPU, 2026-12-06, ``fastgrpo bench default_job``)
-    compilation took 92–99 s from an empty cache and then saved 0.5–0.6 s of 2.3–2.5 s per iteration — a gain
-    after 150–190 iterations, not within the job's 80. Where compilation is impossible (no C++ compiler, no
-    triton on CUDA, an old torch) one warning names the reason and the run goes on eager."""
+    Off by default: on the world's default job (2-core CPU, 2026-12-07, ``fastgrpo bench default_job``) the
+    first iteration took 97.5 s from an empty inductor cache (12.7 s warm), then 1.87 s against 2.59 s eager
+    (1.39×): a fresh machine's first 80-iteration run loses ≈ 40 s, later runs gain. Where compilation is
+    impossible (no C++ compiler, no triton on CUDA, an old torch) one warning names the reason and the run goes on
+    eager."""
     autocast: bool = False
     """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
 
