@@ -1,4 +1,5 @@
-"""The default job's iteration, eager against ``model.compile=true`` (regional torch.compile), in one run.
+"""The default job's iteration, eager against ``model.compile=true`` (the whole transformer, or each block), in one
+run.
 
 Same config (the packaged default: 8 candidates with 4-step anchors, 4 prompts × 16 samples, T = 10, Flash tail),
 same seed; each variant in a fresh ``Trainer``. The first iteration includes the compilation; then the median of
@@ -10,13 +11,16 @@ Prediction (written before the run, 2026-12-06): the world's transformer is smal
 iteration is bound by Python and per-op overhead (≈ 15,000 module calls per iteration in a cProfile); fusing each
 block should cut the steady iteration by 20–40%, and compiling costs tens of seconds on 2 cores.
 
-Result (2-core CPU, 2026-12-07 00:00–00:04 UTC, `fastgrpo bench default_job`, machine otherwise idle): eager
-2.59 s per iteration (median of 12; other runs that evening 2.1–2.5 s: this machine's spread); compiled from an
-empty cache 1.87 s (1.39×) after a 97.5 s first iteration — it catches up after 131 iterations; from the warm cache
-12.7 s first, then 1.90 s (1.36×), caught up after 15. Inside the prediction when it helps (−28%), and compiling
-took longer than predicted. A fresh machine's first run (the quick start) would lose ≈ 40 s over 80 iterations,
-a later run gains ≈ 40 s: ``model.compile`` stays off by default. (Runs before the recompile limit was raised are
-superseded: past dynamo's default of 8 block variants some blocks ran eager.)
+Result (2-core CPU, 2026-12-07 00:35–00:40 UTC, `fastgrpo bench default_job`, machine otherwise idle; median of 12
+iterations): eager 2.60 s per iteration; the whole transformer compiled 1.43 s from an empty inductor cache (1.82×,
+first iteration 114 s, caught up after 95 iterations) and 1.60 s from the warm cache (1.62×, first iteration
+11.3 s, caught up after 9); each block compiled 2.21 s cold (1.17×, first 75 s) and 2.03 s warm (1.28×). The
+prediction held for the whole transformer's steady iteration (−38 to −45%, overhead-bound as predicted), not for
+the blocks (−12 to −22%: the Python around the blocks — embeddings, LoRA wrappers outside them, the output
+layers — stays), and compiling took longer than predicted. Eager iterations spread 2.1–2.6 s across that night's
+runs on this machine. Default: eager — a fresh machine's first 80-iteration default job would finish ≈ 20 s later
+compiled (and its evaluations compile too); a second run, or any run past ≈ 100 iterations, gains. (Earlier runs
+before the recompile limit was raised are superseded: past dynamo's default of 8 variants blocks ran eager.)
 """
 from __future__ import annotations
 
@@ -36,8 +40,16 @@ except ImportError:  # run as a script
     import common
 
 ITERATIONS = 12
+VARIANTS = (("eager", ()),
+            ("transformer, cold cache", ("model.compile=true", "model.compile_scope=transformer")),
+            ("transformer, warm cache", ("model.compile=true", "model.compile_scope=transformer")),
+            ("blocks, cold cache", ("model.compile=true", "model.compile_scope=blocks")),
+            ("blocks, warm cache", ("model.compile=true", "model.compile_scope=blocks")))
+"""Cold: an empty inductor cache (each scope compiles different graphs, so its first run is cold); warm: the
+cache the cold run left."""
 QUICK = ("adagrpo.candidates=4", "adagrpo.keep=2", "group_size=4", "sampling.steps=4", "window.size=2")
-"""--quick: a small iteration (the README test runs every benchmark this way)."""
+"""--quick: a small iteration, eager and the transformer compiled only (the README test runs every benchmark this
+way)."""
 
 
 def measure(trainer: Trainer, iterations: int) -> dict:
@@ -62,13 +74,12 @@ def main(quick: bool = False, out_dir: str | None = None):
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{tmp}/inductor"  # empty: the first compiled run is a fresh machine's
         try:
-            for name, extra in (("eager", ()), ("compiled, cold cache", ("model.compile=true",)),
-                                ("compiled, warm cache", ("model.compile=true",))):
+            for name, extra in VARIANTS[:2] if quick else VARIANTS:  # quick: eager and one compiled run
                 torch._dynamo.reset()  # the warm run reuses the on-disk caches only, not this process's code
                 cfg = load_config(None, (QUICK if quick else ()) + extra + (f"device={device.type}",
                                                                              f"out_dir={tmp}/{len(rows)}"))
                 trainer = Trainer(cfg)
-                row = {"variant": name, "blocks_compiled": trainer.compiled, **measure(trainer, iterations)}
+                row = {"variant": name, "modules_compiled": trainer.compiled, **measure(trainer, iterations)}
                 rows.append(row)
                 print(f"{name}: first {row['first_s']:.1f} s, then {row['iteration_s']:.2f} s/iteration", flush=True)
         finally:

@@ -1,4 +1,4 @@
-"""model.compile: regional torch.compile of the transformer blocks (inductor on this CPU) against the eager run of
+"""model.compile: torch.compile of the whole transformer or of each block (inductor on this CPU) against the eager run of
 the same seeds — equal within float32 tolerances, the first PPO ratio exactly 1 (an evaluation compiled first,
 then anchors, rollouts and replays: more block variants than dynamo's default limit of 8, past which blocks ran
 eager and the replay departed from the rollout by one ulp), resume bit-exact with compile on — and the eager
@@ -28,12 +28,17 @@ def _trained(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-def test_compiled_iterations_match_eager_and_the_first_ratio_is_exactly_one(tmp_path):
+@pytest.mark.parametrize("scope", ["transformer", "blocks"])
+def test_compiled_iterations_match_eager_and_the_first_ratio_is_exactly_one(tmp_path, scope):
     eager = _trainer(tmp_path / "eager", "iterations=2")
     eager.run(progress=False)
-    compiled = _trainer(tmp_path / "compiled", "iterations=2", "model.compile=true")
-    assert compiled.compiled == len(compiled.model.transformer_blocks) > 0
-    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in compiled.model.transformer_blocks)
+    compiled = _trainer(tmp_path / "compiled", "iterations=2", "model.compile=true", f"model.compile_scope={scope}")
+    blocks = compiled.model.transformer_blocks
+    if scope == "blocks":
+        assert compiled.compiled == len(blocks) > 0
+        assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)
+    else:
+        assert compiled.compiled == 1 and getattr(compiled.model, "_compiled_call_impl", None) is not None
     compiled.run(progress=False)
     assert torch._dynamo.config.recompile_limit >= regional.RECOMPILE_LIMIT
     steps_eager = [h for h in eager.history if "loss" in h]
@@ -50,7 +55,7 @@ def test_compiled_iterations_match_eager_and_the_first_ratio_is_exactly_one(tmp_
 
 
 def test_resume_with_compile_is_bit_exact(tmp_path):
-    full = _trainer(tmp_path / "full", "iterations=2", "model.compile=true")
+    full = _trainer(tmp_path / "full", "iterations=2", "model.compile=true")  # the default scope: transformer
     full.run(progress=False)
     half = _trainer(tmp_path / "half", "iterations=1", "model.compile=true")
     half.run(progress=False)
@@ -69,5 +74,15 @@ def test_no_compiler_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch)
         trainer = _trainer(tmp_path / "run", "model.compile=true")
     assert len([w for w in caught if "model.compile" in str(w.message)]) == 1
     assert trainer.compiled == 0
+    assert getattr(trainer.model, "_compiled_call_impl", None) is None
     assert all(getattr(b, "_compiled_call_impl", None) is None for b in trainer.model.transformer_blocks)
     assert trainer.step()["first_ratio_max_dev"] == 0.0
+
+
+def test_whole_transformer_compile_under_fsdp_is_refused_naming_the_keys(tmp_path, monkeypatch):
+    from fastgrpo.train import loop
+
+    monkeypatch.setattr(loop, "rank_and_world", lambda: (0, 2))  # as under torchrun with 2 processes
+    with pytest.raises(ValueError, match="model.compile_scope=transformer with distributed=fsdp.*"
+                                         "model.compile_scope=blocks"):
+        _trainer(tmp_path / "run", "model.compile=true", "distributed=fsdp")

@@ -87,12 +87,17 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = False
     """Recompute the transformer's activations in the backward (memory for time)."""
     compile: bool = False
-    """Regional torch.compile of the transformer blocks (fastgrpo/models/compile.py), rollout and training alike.
-    Off by default: on the world's default job (2-core CPU, 2026-12-07, ``fastgrpo bench default_job``) the
-    first iteration took 97.5 s from an empty inductor cache (12.7 s warm), then 1.87 s against 2.59 s eager
-    (1.39×): a fresh machine's first 80-iteration run loses ≈ 40 s, later runs gain. Where compilation is
-    impossible (no C++ compiler, no triton on CUDA, an old torch) one warning names the reason and the run goes on
-    eager."""
+    """torch.compile of the transformer (fastgrpo/models/compile.py; what: ``compile_scope``), rollout and
+    training alike. Off by default: on the world's default job (2-core CPU, 2026-12-07, ``fastgrpo bench
+    default_job``) the whole transformer compiled ran 1.43–1.60 s per iteration against 2.60 s eager, but its
+    first iteration took 114 s from an empty inductor cache (11.3 s warm) — a fresh machine's first 80-iteration
+    run ends ≈ 20 s later, a second run or a longer one gains. Where compilation is impossible (no C++ compiler,
+    no triton on CUDA, an old torch) one warning names the reason and the run goes on eager."""
+    compile_scope: Literal["transformer", "blocks"] = "transformer"
+    """What ``compile`` compiles: the whole transformer forward (on the world 1.62–1.82× eager) or each repeated
+    block (regional: 1.17–1.28× on the world — the Python around the blocks stays — but one block traced and its
+    code reused, far less compile time on a 24- or 57-block SD3.5 / FLUX, and the form FSDP2's per-block sharding
+    expects, as in torchtitan)."""
     autocast: bool = False
     """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
 

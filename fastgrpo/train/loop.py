@@ -29,7 +29,7 @@ import torch
 from .._dist import rank_and_world
 from ..algorithms import CapabilityTracker
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
-from ..models.compile import compile_blocks
+from ..models.compile import compile_transformer
 from ..models.lora import has_lora
 from . import atomic, checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
@@ -66,9 +66,14 @@ class Trainer:
         self.reference_copy = None
         if config.optim.kl_beta > 0 and not self.lora:
             self.reference_copy = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.compiled = compile_blocks(self.model, self.device) if config.model.compile else 0
-        """Transformer blocks compiled (``model.compile``; 0 = eager)."""
         self.rank, self.world_size = rank_and_world()
+        if config.model.compile and config.model.compile_scope == "transformer" and config.distributed == "fsdp" \
+                and self.world_size > 1:
+            raise ValueError("model.compile_scope=transformer with distributed=fsdp: FSDP2 shards per block, compile "
+                             "per block (model.compile_scope=blocks), as torchtitan does")
+        self.compiled = (compile_transformer(self.model, self.device, config.model.compile_scope)
+                         if config.model.compile else 0)
+        """Modules compiled in place (``model.compile``: the transformer, or each block; 0 = eager)."""
         self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
         self.params = [p for p in self.trained.parameters() if p.requires_grad]
         if not self.params:
