@@ -27,7 +27,8 @@ SHORT = ["iterations=1", "group_size=2", "sampling.steps=4", "window.size=2", "a
 TINY_REAL = SHORT + ["model.resolution=32", "model.max_sequence_length=16", "device=cpu", "model.dtype=fp32",
                      "model.autocast=false", "data.eval_count=2", "model.gradient_checkpointing=false"]
 GPU_ONLY = ("make test-gpu",)
-CPU_BENCHMARKS = ("flow_step", "dpm_solver", "advantages", "preprocess", "trainer", "compat", "default_job")
+CPU_BENCHMARKS = ("flow_step", "dpm_solver", "advantages", "preprocess", "trainer", "compat", "default_job",
+                  "attention", "reward_schedule")
 
 
 def readme_commands() -> list[str]:

@@ -53,18 +53,18 @@ class ForwardProcessMethod(Method):
         """G clean samples per prompt: DPM-Solver++ 2M on the ``sampling`` schedule from the group's noise, without
         classifier-free guidance, under ``rollout_policy()``; rewards of the decoded samples."""
         trainer, G = self.trainer, self.cfg.group_size
-        groups, rewards = [], []
+        groups = []
         trainer.model.eval()
         denoise = trainer.backbone.denoiser(trainer.model)
-        with self.rollout_policy():
+        with self.rollout_policy(), trainer.reward_queue(combined=True) as rewards:
             for p, text in enumerate(prompts.texts):
                 with trainer.autocast():
                     x0 = sample_dpm(denoise, trainer.group_noise(G, seed + 100 + p), trainer.sigmas,
                                     trainer.text([text] * G), None, guidance=1.0)
                 groups.append(x0)
-                rewards.append(trainer.reward(x0, prompts.take([p]).repeat(G), combined=True))
+                rewards.submit(x0, prompts.take([p]).repeat(G))
+            values = torch.cat(rewards.results())
         trainer.model.train()
-        values = torch.cat(rewards)
         return RolloutBatch(list(prompts.texts), groups, Rewards(values, "scalar", values), G)
 
     def advantages(self, batch: RolloutBatch):

@@ -41,34 +41,36 @@ class GRPO(Method):
         trainer.model.eval()
         denoise = trainer.backbone.denoiser(trainer.model)
         s = cfg.sampling
-        for p, text in enumerate(prompts.texts):
-            target = prompts.take([p]).repeat(G)
-            if cfg.branch.enabled:
+        with trainer.reward_queue() as queue:  # the plain path's rewards (reward.schedule); branches, steps: inline
+            for p, text in enumerate(prompts.texts):
+                target = prompts.take([p]).repeat(G)
+                if cfg.branch.enabled:
+                    with trainer.autocast():
+                        branches = branch(denoise, trainer.group_noise(1, seed + 100 + p), trainer.sigmas,
+                                          cfg.branch.points, cfg.branch.strides, G, trainer.text([text]),
+                                          trainer.empty_text(1), guidance=s.guidance, eta=s.eta, family=s.family,
+                                          logprob=s.logprob, seed=seed + 200 + p,
+                                          score=lambda latents: trainer.reward(latents, target))
+                    for _, traj, r in branches:
+                        texts.append(text)
+                        groups.append(traj)
+                        rewards.append(r)
+                    continue
                 with trainer.autocast():
-                    branches = branch(denoise, trainer.group_noise(1, seed + 100 + p), trainer.sigmas,
-                                      cfg.branch.points, cfg.branch.strides, G, trainer.text([text]),
-                                      trainer.empty_text(1), guidance=s.guidance, eta=s.eta, family=s.family,
-                                      logprob=s.logprob, seed=seed + 200 + p,
-                                      score=lambda latents: trainer.reward(latents, target))
-                for _, traj, r in branches:
-                    texts.append(text)
-                    groups.append(traj)
-                    rewards.append(r)
-                continue
-            with trainer.autocast():
-                traj = sample(denoise, trainer.group_noise(G, seed + 100 + p), grid, trainer.text([text] * G),
-                              trainer.empty_text(G), guidance=s.guidance, eta=s.eta, family=s.family,
-                              logprob=s.logprob, window=(start, end), seed=seed + 200 + p, flash=cfg.window.flash,
-                              keep_mean=cfg.guard.rationorm)
-            texts.append(text)
-            groups.append(traj)
-            if cfg.stepwise.enabled:
-                with trainer.autocast():
-                    gains, final = self.stepwise_gains(traj, text, target)
-                rewards.append(gains)
-                finals.append(final)
-            else:
-                rewards.append(trainer.reward(traj.latents, target))
+                    traj = sample(denoise, trainer.group_noise(G, seed + 100 + p), grid, trainer.text([text] * G),
+                                  trainer.empty_text(G), guidance=s.guidance, eta=s.eta, family=s.family,
+                                  logprob=s.logprob, window=(start, end), seed=seed + 200 + p, flash=cfg.window.flash,
+                                  keep_mean=cfg.guard.rationorm)
+                texts.append(text)
+                groups.append(traj)
+                if cfg.stepwise.enabled:
+                    with trainer.autocast():
+                        gains, final = self.stepwise_gains(traj, text, target)
+                    rewards.append(gains)
+                    finals.append(final)
+                else:
+                    queue.submit(traj.latents, target)
+            rewards += queue.results()
         trainer.model.train()
         values = torch.cat(rewards)
         if kind == "steps":

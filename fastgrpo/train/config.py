@@ -20,7 +20,9 @@ from typing import Any, Literal, Optional, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..models.attention import BACKENDS as ATTENTION_BACKENDS
 from ..reference.flow_step import FAMILIES, LOGPROBS
+from .overlap import SCHEDULES as REWARD_SCHEDULES
 
 SCHEDULES = ("progressive", "frozen", "random", "linear_decay", "exp_decay")
 SDE_FAMILIES = tuple(f for f in FAMILIES if f != "ode")
@@ -98,6 +100,14 @@ class ModelConfig(Section):
     block (regional: 1.17–1.28× on the world — the Python around the blocks stays — but one block traced and its
     code reused, far less compile time on a 24- or 57-block SD3.5 / FLUX, and the form FSDP2's per-block sharding
     expects, as in torchtitan)."""
+    attention_backend: Literal[tuple(ATTENTION_BACKENDS)] = "native"
+    """The attention kernel (fastgrpo/models/attention.py, through diffusers' dispatcher): native (torch SDPA,
+    which picks FlashAttention-2 / memory-efficient / cuDNN / math itself) | native_math (CPU and CUDA) | flex |
+    native_flash | native_efficient | native_cudnn | flash (flash-attn, extra ``flash-attn``) | flash3 | sage
+    (extra ``sage``) | xformers (extra ``xformers``) (CUDA only). One not installed, or a CUDA-only one on CPU,
+    is an error naming it. Default native: on this CPU (2026-12-07, ``fastgrpo bench attention``) it ran one SD3.5-M
+    joint attention 2.1× faster than native_math forward and 1.6× with the backward; GPU comparison pending. The
+    choice is logged at start."""
     autocast: bool = False
     """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
 
@@ -129,6 +139,14 @@ class RewardConfig(Section):
     """Several rewards: z-score the weighted sum (Flow-GRPO, sum_zscore) or sum the weighted per-reward
     z-scores (DanceGRPO / MixGRPO, zscore_sum)."""
     batch_size: int = Field(32, ge=1)
+    """Images per scorer call (the reward models' micro-batch)."""
+    schedule: Literal[REWARD_SCHEDULES] = "inline"
+    """When a rollout's rewards are computed: each group's as soon as it is sampled (inline), every group's in one
+    decode + reward call after the rollout (batched), or each group's in a worker thread — its own CUDA stream —
+    while the next group rolls out (overlap). Same rewards either way (fastgrpo/train/overlap.py). Default inline:
+    on the world's default job on 2 CPU cores (2026-12-07, ``fastgrpo bench reward_schedule``) batched ran 1.01×
+    (noise) and overlap 0.72× — on CPU the worker's OpenMP threads spin and take the cores from the rollout; GPU
+    comparison pending."""
 
     @model_validator(mode="after")
     def _check(self):

@@ -29,10 +29,12 @@ import torch
 from .._dist import rank_and_world
 from ..algorithms import CapabilityTracker
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
+from ..models.attention import set_attention_backend
 from ..models.compile import compile_transformer
 from ..models.lora import has_lora
 from . import atomic, checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
+from .overlap import RewardQueue
 from .rollout import sample, sample_dpm
 from .schedule import sigmas
 from .task import Prompts, PromptTask, build_task
@@ -60,6 +62,8 @@ class Trainer:
         self.task = task if task is not None else build_task(config, self.device)
         if config.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
+        self.attention = set_attention_backend(self.model, config.model.attention_backend, self.device)
+        """The attention kernel in use, in words (``model.attention_backend``; logged)."""
         self.lora = has_lora(self.model)
         # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0); under LoRA the
         # same transformer with its adapter disabled — no copy
@@ -181,6 +185,12 @@ class Trainer:
             matrix = self.task.reward_matrix(images, prompts)
             return matrix @ self.task.weights.to(matrix.device) if combined else matrix
         return self.task.reward(images, prompts)
+
+    def reward_queue(self, combined: bool = False) -> RewardQueue:
+        """Where a rollout submits each group's latents and prompts for their rewards (``reward.schedule``;
+        ``combined`` as in :meth:`reward`)."""
+        return RewardQueue(lambda latents, prompts: self.reward(latents, prompts, combined=combined),
+                           self.cfg.reward.schedule, Prompts.cat)
 
     def evaluate(self) -> dict:
         """Every evaluation prompt (world: training and held-out) × ``eval_seeds`` fixed noise seeds, ODE samples:

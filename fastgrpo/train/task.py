@@ -33,6 +33,13 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @staticmethod
+    def cat(parts: list["Prompts"]) -> "Prompts":
+        """The prompts of ``parts``, one after another."""
+        metas = [p.meta for p in parts]
+        return Prompts([t for p in parts for t in p.texts],
+                       None if any(m is None for m in metas) else torch.cat(metas))
+
 
 class WorldTask:
     """``random_reward``: train on ``shapes.random_reward`` (the control); metrics keep the real reward."""
