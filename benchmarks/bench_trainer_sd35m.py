@@ -9,12 +9,18 @@ the LAION aesthetic scorer on a random CLIP ViT-L/14, loaded through its real lo
 the VAE decode and fastgrpo's CLIP preprocessing. T = 25 (MixGRPO), 4 candidate prompts with ODE anchors → 1
 trained prompt × 8 samples. Stages are the trainer's timers with a device synchronisation at each boundary.
 CUDA only (on a CPU the world benchmark, ``fastgrpo bench trainer``, stands in).
+Also in the same run: MixGRPO with ``reward.schedule=batched`` and ``overlap``, with each installed attention
+kernel (flash, flash3, sage, xformers; native is every other row's), compiled per block (last: compilation stays
+on the shared transformer), and ``flowgrpo_formulation`` — the same iteration computed the way Flow-GRPO's train
+script does it (``benchmarks/flowgrpo_formulation.py``), for the ratio users care about. Each stage's peak memory
+(``peak_<stage>_gib``) comes from the trainer's stage boundaries.
 ``FASTGRPO_BENCH_ANCHORS=0``: without AdaGRPO's anchors (plain MixGRPO vs DanceGRPO-style, as MixGRPO's Table 1
 compares them); results then go to ``trainer_sd35m_no_anchors``.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import zlib
 
@@ -26,17 +32,28 @@ from fastgrpo.models.tiny import sd3_vae, sd35_medium_transformer
 from fastgrpo.train import Trainer, load_config
 from fastgrpo.train.task import PromptTask
 
+from fastgrpo.models.attention import check_backend
+
 try:
     from benchmarks import common
     from benchmarks.bench_trainer import VARIANTS as WORLD_VARIANTS, compare, measure
+    from benchmarks.flowgrpo_formulation import FlowGrpoFormulation
 except ImportError:  # run as a script
     import common
     from bench_trainer import VARIANTS as WORLD_VARIANTS, compare, measure
+    from flowgrpo_formulation import FlowGrpoFormulation
 
 PROMPTS = [f"a photo of object {i} on a table, studio light" for i in range(16)]
-# the world benchmark's variants, plus MixGRPO with fastgrpo's ops forced off
+# the world benchmark's variants, plus MixGRPO with fastgrpo's ops forced off, with each reward schedule, and
+# (last: compilation stays on the shared transformer) compiled per block
 VARIANTS = {name: overrides for variant, overrides in WORLD_VARIANTS.items()
             for name in ((variant, "mixgrpo_torch_ops") if variant == "mixgrpo" else (variant,))}
+MIX = WORLD_VARIANTS["mixgrpo"]
+VARIANTS.update({"mixgrpo_reward_batched": MIX + ("reward.schedule=batched",),
+                 "mixgrpo_reward_overlap": MIX + ("reward.schedule=overlap",)})
+ATTENTION = ("flash", "flash3", "sage", "xformers")
+"""Attention kernels measured (MixGRPO) where installed; native is every other row's."""
+COMPILED = {"mixgrpo_compiled_blocks": MIX + ("model.compile=true", "model.compile_scope=blocks")}
 
 
 class RandomTextSd3(Backbone):
@@ -82,6 +99,87 @@ def _aesthetic_scorer(folder: str, device):
     return MultiReward({"aesthetic": 1.0}, aesthetic={"path": folder, "head_path": head}).to(device).eval()
 
 
+def flowgrpo_row(backbone, scorer, cfg, iterations: int) -> dict:
+    """The Flow-GRPO formulation's iteration on the same model, scorer and settings: a warm-up, then the median
+    of ``iterations``; seconds per stage and the largest peak memory."""
+    from fastgrpo.train.schedule import window
+
+    start, end = window(cfg.window, cfg.sampling.steps, 0, cfg.iterations, cfg.seed)
+    formulation = FlowGrpoFormulation(backbone, scorer.rewards["aesthetic"], cfg, window=(start, end))
+    formulation.step(PROMPTS[0], seed=0)
+    cuda = formulation.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    runs = [formulation.step(PROMPTS[1 + i], seed=1 + i) for i in range(iterations)]
+    row = {"variant": "flowgrpo_formulation", "select": 0.0}
+    row.update({stage: statistics.median(r[stage] for r in runs) for stage in ("rollout", "reward", "advantage",
+                                                                                 "update")})
+    row["iteration"] = sum(row[s] for s in ("rollout", "reward", "advantage", "update"))
+    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    row["first_ratio_max_dev"] = max(r["first_ratio_max_dev"] for r in runs)
+    print(f"flowgrpo_formulation: {row['iteration']:.2f} s/iteration (first ratio deviation "
+          f"{row['first_ratio_max_dev']:.1e})", flush=True)
+    del formulation
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def add_flowgrpo_speedup(rows: list[dict]) -> None:
+    """Flow-GRPO has no AdaGRPO selection: each row's iteration without its select stage against the formulation's."""
+    formulation = next(r for r in rows if r["variant"] == "flowgrpo_formulation")
+    for row in rows:
+        row["speedup_vs_flowgrpo"] = formulation["iteration"] / (row["iteration"] - row.get("select", 0.0))
+
+
+def run(device, backbone, scorer, iterations: int, anchors: bool, variants: dict, compiled: dict) -> tuple:
+    """Every variant's iteration on ``backbone`` with ``scorer``, then the Flow-GRPO formulation, then the
+    ``compiled`` variants (compilation stays on the shared transformer): (rows, notes about what was skipped)."""
+    selection = () if anchors else ("adagrpo.curriculum=false", "adagrpo.fusion=false")
+    cuda = device.type == "cuda"
+    skipped = []
+    variants = dict(variants)
+    for backend in ATTENTION:
+        try:
+            check_backend(backend, device)
+            variants[f"mixgrpo_attention_{backend}"] = MIX + (f"model.attention_backend={backend}",)
+        except RuntimeError as err:
+            skipped.append(f"mixgrpo_attention_{backend}: not measured — {err}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        def config(overrides, name):
+            return load_config(None, overrides + selection + (
+                "sampling.steps=25", "adagrpo.candidates=4", "adagrpo.keep=1", "adagrpo.anchor_steps=0",
+                "group_size=8", "model.kind=sd3", "model.path=unused", "model.lora_rank=32",
+                "model.autocast=true", "data.train_prompts=unused", "reward.names=aesthetic",
+                f"device={device.type}", f"out_dir={tmp}/{name}"))
+
+        task = PromptTask(PROMPTS, PROMPTS[:4], scorer, [1.0], ["aesthetic"])
+        for name, overrides in {**variants, "flowgrpo_formulation": None, **compiled}.items():
+            if overrides is None:  # eager, before the transformer is compiled
+                rows.append(flowgrpo_row(backbone, scorer, config(VARIANTS["full_sde"], name), iterations))
+                continue
+            previous = os.environ.get("FASTGRPO_BACKEND")
+            if name.endswith("torch_ops"):
+                os.environ["FASTGRPO_BACKEND"] = "torch"
+            try:
+                trainer = Trainer(config(overrides, name), backbone=backbone, task=task)
+                trainer.sync_stages = True
+                row = {"variant": name, **measure(trainer, iterations)}
+            finally:
+                if previous is None:
+                    os.environ.pop("FASTGRPO_BACKEND", None)
+                else:
+                    os.environ["FASTGRPO_BACKEND"] = previous
+            row["peak_gib"] = max((v for k, v in row.items() if k.startswith("peak_")), default=None)
+            rows.append(row)
+            print(f"{name}: {row['iteration']:.2f} s/iteration, peak {row['peak_gib']} GiB", flush=True)
+            del trainer
+            if cuda:
+                torch.cuda.empty_cache()
+    return rows, skipped
+
+
 def main(quick: bool = False, out_dir: str | None = None):
     device = common.pick_device()
     if device.type != "cuda":
@@ -89,36 +187,11 @@ def main(quick: bool = False, out_dir: str | None = None):
         return 0
     iterations = 1 if quick else 2
     anchors = os.environ.get("FASTGRPO_BENCH_ANCHORS", "1") != "0"
-    selection = () if anchors else ("adagrpo.curriculum=false", "adagrpo.fusion=false")
     torch.manual_seed(0)
     backbone = RandomTextSd3(device)
     with tempfile.TemporaryDirectory() as tmp:
         scorer = _aesthetic_scorer(os.path.join(tmp, "clip"), device)
-        task = PromptTask(PROMPTS, PROMPTS[:4], scorer, [1.0], ["aesthetic"])
-        rows = []
-        for name, overrides in VARIANTS.items():
-            cfg = load_config(None, overrides + selection + (
-                "sampling.steps=25", "adagrpo.candidates=4", "adagrpo.keep=1", "adagrpo.anchor_steps=0", "group_size=8", "model.kind=sd3",
-                "model.path=unused", "model.lora_rank=32", "model.autocast=true", "data.train_prompts=unused",
-                "reward.names=aesthetic", "device=cuda", f"out_dir={tmp}/{name}"))
-            previous = os.environ.get("FASTGRPO_BACKEND")
-            if name.endswith("torch_ops"):
-                os.environ["FASTGRPO_BACKEND"] = "torch"
-            try:
-                trainer = Trainer(cfg, backbone=backbone, task=task)
-                trainer.sync_stages = True
-                torch.cuda.reset_peak_memory_stats()
-                row = {"variant": name, **measure(trainer, iterations)}
-            finally:
-                if previous is None:
-                    os.environ.pop("FASTGRPO_BACKEND", None)
-                else:
-                    os.environ["FASTGRPO_BACKEND"] = previous
-            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            rows.append(row)
-            print(f"{name}: {row['iteration']:.2f} s/iteration, peak {row['peak_gib']:.1f} GiB", flush=True)
-            del trainer
-            torch.cuda.empty_cache()
+        rows, skipped = run(device, backbone, scorer, iterations, anchors, VARIANTS, COMPILED)
     select = ("4 candidates (25-step Euler ODE anchors) → 1 prompt" if anchors else "1 prompt (no anchors)")
     notes = [f"SD3.5-Medium architecture (random weights, bf16, LoRA r = 32), 512² (64² latents), T = 25, shift 3, "
              f"{select} × 8 samples; median of {iterations} iterations after a "
@@ -126,11 +199,23 @@ def main(quick: bool = False, out_dir: str | None = None):
              "CLIP ViT-L/14 after the SD3 VAE decode. Text embeddings: fixed random per prompt, cached on the "
              "device (as the real encoders are in training)."]
     compare(rows, notes)
+    add_flowgrpo_speedup(rows)
+    notes.append(FLOWGRPO_NOTE)
+    notes.extend(skipped)
     if not anchors:
         notes.append("Without AdaGRPO's anchors (curriculum and fusion off): the select stage is empty.")
     common.write_results("trainer_sd35m" if anchors else "trainer_sd35m_no_anchors", rows, notes, out_dir,
                          device=device)
     return 0
+
+
+FLOWGRPO_NOTE = ("flowgrpo_formulation: the same iteration computed as Flow-GRPO's train script does "
+                 "(benchmarks/flowgrpo_formulation.py: scheduler-indexed steps with .item() lookups, per-sample "
+                 "PIL reward preprocessing, host advantages, a backward per trained step, no compile), with "
+                 "full_sde's SDE window and trained steps; its reward stage is separate (fastgrpo's rollout "
+                 "includes its rewards). speedup_vs_flowgrpo = its iteration / the row's iteration without the "
+                 "select stage (AdaGRPO's anchors, which Flow-GRPO does not run); like for like: full_sde. "
+                 "Target: >= 2x. peak_<stage>_gib: the largest allocation during that stage.")
 
 
 if __name__ == "__main__":

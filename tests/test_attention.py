@@ -133,10 +133,10 @@ def test_flux_processors_take_the_backend(backend):
     torch.testing.assert_close(grad, grad_stock, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("name, package, extra", [("flash", "flash_attn", "fastgrpo[flash-attn]"),
-                                                  ("xformers", "xformers", "fastgrpo[xformers]"),
-                                                  ("sage", "sageattention", "fastgrpo[sage]")])
-def test_a_backend_not_installed_is_an_error_naming_it_and_its_extra(monkeypatch, name, package, extra):
+@pytest.mark.parametrize("name, package, extra", [("flash", "flash_attn", "pip install 'flash-attn>=2.6.3'"),
+                                                  ("xformers", "xformers", "pip install 'xformers>=0.0.29'"),
+                                                  ("sage", "sageattention", "SageAttention >= 2.1.1")])
+def test_a_backend_not_installed_is_an_error_naming_it_and_how_to_install_it(monkeypatch, name, package, extra):
     real = attention.importlib.util.find_spec
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda m: None if m == package else real(m))
     with pytest.raises(RuntimeError) as err:

@@ -20,6 +20,18 @@ def test_world_on_cuda_with_autocast_keeps_the_first_ratio_exactly_one(tmp_path)
     assert next(trainer.model.parameters()).is_cuda
 
 
+def test_stage_peaks_on_cuda(tmp_path):
+    """With sync_stages each stage's peak allocated memory is reported; the update (activations kept for the
+    backward) needs more than the no-grad rollout."""
+    trainer = Trainer(load_config(None, SMALL + (f"out_dir={tmp_path}",)))
+    trainer.sync_stages = True
+    metrics = trainer.step()
+    peaks = {stage: metrics[f"peak_{stage}_gib"] for stage in ("select", "rollout", "advantage", "update")}
+    base = torch.cuda.memory_allocated() / 2**30
+    assert all(peak >= base * 0.5 for peak in peaks.values()), peaks
+    assert peaks["update"] > peaks["rollout"], peaks
+
+
 def test_tiny_sd3_lora_on_cuda(tmp_path):
     pytest.importorskip("peft")
     from fastgrpo.models.tiny import save_tiny_pipeline

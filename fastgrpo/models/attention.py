@@ -16,7 +16,9 @@ per-processor backend. SD3's ``JointAttnProcessor2_0`` calls SDPA directly and i
 (below: the same math, the kernel chosen by the dispatcher). ``native`` keeps the stock processors — it is what they
 compute — so the default path is diffusers' own.
 
-Hub-downloaded kernels (diffusers' ``*_hub`` backends) are not offered: nothing is downloaded at run time.
+Hub-downloaded kernels (diffusers' ``*_hub`` backends) are not offered: nothing is downloaded at run time. The
+external kernels are not package extras (the lock resolves every extra; xformers pins its own CUDA torch and
+SageAttention 2 is not on PyPI): an error names the command that installs each.
 """
 from __future__ import annotations
 
@@ -50,14 +52,16 @@ BACKENDS: dict[str, Backend] = {
     "native_efficient": Backend("_native_efficient", "torch SDPA, memory-efficient kernel only", cuda=True),
     "native_cudnn": Backend("_native_cudnn", "torch SDPA, cuDNN kernel only", cuda=True),
     "flex": Backend("flex", "torch FlexAttention (no backward on CPU in torch)", cuda=True),
-    "flash": Backend("flash", "FlashAttention-2 (flash-attn)", "flash_attn", "pip install 'fastgrpo[flash-attn]'",
+    "flash": Backend("flash", "FlashAttention-2 (flash-attn)", "flash_attn",
+                     "pip install 'flash-attn>=2.6.3' --no-build-isolation",
                      cuda=True),
     "flash3": Backend("_flash_3", "FlashAttention-3 (Hopper)", "flash_attn_interface",
                       "build FlashAttention-3 from its repository's hopper/ folder", cuda=True),
-    "sage": Backend("sage", "SageAttention (INT8 QK, FP16/FP8 PV)", "sageattention", "pip install 'fastgrpo[sage]'",
+    "sage": Backend("sage", "SageAttention (INT8 QK, FP16/FP8 PV)", "sageattention",
+                    "build SageAttention >= 2.1.1 from its repository (pip install . --no-build-isolation)",
                     cuda=True),
     "xformers": Backend("xformers", "xFormers memory_efficient_attention", "xformers",
-                        "pip install 'fastgrpo[xformers]'", cuda=True),
+                        "pip install 'xformers>=0.0.29' matching the installed torch", cuda=True),
 }
 """``model.attention_backend`` → the dispatcher's backend, what it is, and what it needs."""
 

@@ -103,8 +103,8 @@ class ModelConfig(Section):
     attention_backend: Literal[tuple(ATTENTION_BACKENDS)] = "native"
     """The attention kernel (fastgrpo/models/attention.py, through diffusers' dispatcher): native (torch SDPA,
     which picks FlashAttention-2 / memory-efficient / cuDNN / math itself) | native_math (CPU and CUDA) | flex |
-    native_flash | native_efficient | native_cudnn | flash (flash-attn, extra ``flash-attn``) | flash3 | sage
-    (extra ``sage``) | xformers (extra ``xformers``) (CUDA only). One not installed, or a CUDA-only one on CPU,
+    native_flash | native_efficient | native_cudnn | flash (flash-attn) | flash3 | sage (SageAttention 2) |
+    xformers (CUDA only; the packages are never required). One not installed, or a CUDA-only one on CPU,
     is an error naming it. Default native: on this CPU (2026-12-07, ``fastgrpo bench attention``) it ran one SD3.5-M
     joint attention 2.1× faster than native_math forward and 1.6× with the backward; GPU comparison pending. The
     choice is logged at start."""

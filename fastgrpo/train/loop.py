@@ -107,7 +107,9 @@ class Trainer:
             raise ValueError("reward.aggregate=zscore_sum with several rewards cannot be combined with "
                              "branch.enabled or stepwise.enabled (their reward columns are granularities / steps)")
         self.sync_stages = False
-        """Synchronise the device at stage boundaries so the stage timers are exact (benchmarks)."""
+        """Synchronise the device at stage boundaries so the stage timers are exact, and on CUDA record each
+        stage's peak memory (``peak_<stage>_gib`` in the metrics) — benchmarks."""
+        self.stage_peaks: dict[str, float] = {}
         self._stop = False
         self._writer = None
         self.last_eval: evaluation.Evaluation | None = None
@@ -236,25 +238,26 @@ class Trainer:
         seed = self.cfg.seed * 1_000_003 + self.iteration * 7919 + self.rank * 104_729
         t0 = self._clock()
         kept, stats = self._select(seed)
-        t_select = self._clock()
+        t_select = self._clock("select")
         batch = self.method.rollout(kept, seed)
-        t_rollout = self._clock()
+        t_rollout = self._clock("rollout")
         rewards = batch.rewards
         if self.first_nonfinite({"rewards": rewards.values}) is not None:
             return self._nonfinite("rewards")
         adv = self.method.advantages(batch)
-        t_adv = self._clock()
+        t_adv = self._clock("advantage")
         result = self.method.update(batch, adv, seed)
         if isinstance(result, str):  # a non-finite loss or gradient: that minibatch's update was dropped
             return self._nonfinite(result)
         self.nonfinite_in_a_row = 0
-        t_update = self._clock()
+        t_update = self._clock("update")
         read = {"reward": rewards.final.mean(), **result, "zero_spread_groups": adv.zero_spread_groups}
         values = torch.stack([v.detach().float().reshape(()).to(self.device) for v in read.values()]).tolist()
         metrics = dict(zip(read, values))  # one read-back for every metric of the iteration
         metrics["zero_spread_groups"] = int(metrics["zero_spread_groups"])
+        peaks = {f"peak_{stage}_gib": gib for stage, gib in self.stage_peaks.items()}
         return {**metrics, **batch.info, "t_select": t_select - t0, "t_rollout": t_rollout - t_select,
-                "t_advantage": t_adv - t_rollout, "t_update": t_update - t_adv, **stats}
+                "t_advantage": t_adv - t_rollout, "t_update": t_update - t_adv, **peaks, **stats}
 
     def _pick(self, anchor: torch.Tensor, ada) -> torch.Tensor:
         """Kept candidates by ``adagrpo.selection``: nearest μ_ema (the curriculum), the easiest / hardest anchors,
@@ -291,9 +294,14 @@ class Trainer:
             with adapters_disabled(self.model):
                 yield self.model
 
-    def _clock(self) -> float:
+    def _clock(self, stage: str | None = None) -> float:
+        """Seconds now; with ``sync_stages`` on CUDA the device is synchronised first, and the peak memory
+        allocated since the previous boundary is kept as ``stage_peaks[stage]`` (GiB)."""
         if self.sync_stages and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            if stage is not None:
+                self.stage_peaks[stage] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
         return time.perf_counter()
 
     def first_nonfinite(self, values: dict[str, torch.Tensor]) -> str | None:
