@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -39,6 +40,19 @@ class Backbone:
         """``f(x, σ, text) -> v`` with ``transformer`` (the trained one, a DDP/FSDP wrapper, or the reference)."""
         return functools.partial(self.velocity, transformer)
 
+    text_encoders: "PipelineTextEncoders | None" = None
+    """A pipeline backbone's frozen text encoders (what :meth:`free_text_encoders` releases); None: nothing to free
+    (the world's text model is part of its transformer's inputs and tiny)."""
+
+    def free_text_encoders(self) -> int:
+        """Drop the frozen text encoders once every prompt is cached (``model.free_text_encoders``); the bytes
+        released. Later prompts must already be in the cache (:meth:`EmbeddingCache.freeze`)."""
+        if self.text_encoders is None:
+            return 0
+        released = self.text_encoders.free()
+        self.encode_prompts.freeze()
+        return released
+
 
 class EmbeddingCache:
     """Each distinct prompt is encoded once and kept (least recently used first out, at most ``size`` prompts:
@@ -50,6 +64,17 @@ class EmbeddingCache:
         self.encode = encode
         self.size = size
         self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def freeze(self) -> None:
+        """No more encoding (the encoders are gone): a prompt not cached is an error."""
+        def gone(texts):
+            raise RuntimeError(f"prompt {texts[0]!r} is not among the {len(self._cache)} prompts whose embeddings "
+                               "were cached before the text encoders were freed (model.free_text_encoders=false "
+                               "keeps them)")
+        self.encode = gone
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> TextEmbeddings:
@@ -101,6 +126,25 @@ def load_pipeline(pipeline_cls, cfg, device, components: tuple[str, ...], frozen
         freeze(getattr(pipe, part, None), device, dtype)
     pipe.transformer.to(device, dtype=torch.float32 if cfg.lora_rank == 0 else dtype)
     return pipe
+
+
+class PipelineTextEncoders:
+    """The text encoders of a loaded diffusers pipeline, freed on request (``Backbone.free_text_encoders``)."""
+
+    def __init__(self, pipe, names: tuple[str, ...]):
+        self.pipe, self.names = pipe, names
+
+    def free(self) -> int:
+        released = 0
+        for name in self.names:
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                released += sum(p.numel() * p.element_size() for p in module.parameters())
+                setattr(self.pipe, name, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return released
 
 
 def freeze(module: nn.Module | None, device, dtype) -> nn.Module | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
+from .base import DTYPES, Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline
 
 
 class FluxBackbone(Backbone):
@@ -50,8 +50,11 @@ class FluxBackbone(Backbone):
                                                    max_sequence_length=cfg.max_sequence_length)
             return hidden, pooled
 
-        return cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype, guidance=cfg.flux_guidance,
-                   max_sequence_length=cfg.max_sequence_length, cache_size=cfg.text_cache)
+        backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype,
+                       guidance=cfg.flux_guidance, max_sequence_length=cfg.max_sequence_length,
+                       cache_size=cfg.text_cache)
+        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder", "text_encoder_2"))
+        return backbone
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
         dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype

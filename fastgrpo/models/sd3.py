@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
+from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline
 
 
 class Sd3Backbone(Backbone):
@@ -36,7 +36,9 @@ class Sd3Backbone(Backbone):
                                                       max_sequence_length=cfg.max_sequence_length)
             return hidden, pooled
 
-        return cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
+        backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
+        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder", "text_encoder_2", "text_encoder_3"))
+        return backbone
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
         dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import signal
 import time
 from pathlib import Path
@@ -38,6 +39,12 @@ from .overlap import RewardQueue
 from .rollout import sample, sample_dpm
 from .schedule import sigmas
 from .task import Prompts, PromptTask, build_task
+
+log = logging.getLogger(__name__)
+
+RUNTIME_KEYS = frozenset({"compile", "compile_scope", "attention_backend", "free_text_encoders", "text_cache"})
+"""Model keys that change how a run computes, not what it trains: a resumed run may set them anew (another GPU,
+another attention kernel) — its continuation then matches within that kernel's rounding, not bit for bit."""
 
 START_EVAL = "eval_start.pt"
 """The first evaluation's seed-0 images, prompts, correctness and per-prompt scores (for before_after.png and the
@@ -100,6 +107,8 @@ class Trainer:
             raise ValueError(f"adagrpo.candidates={config.adagrpo.candidates} exceeds the {len(self.train_prompts)} "
                              "training prompts")
         self.empty = self.backbone.encode_prompts([""]) if config.sampling.guidance > 1 else None
+        self.text_note = self._cache_text_and_free_encoders()
+        """What became of the text encoders, in words (``model.free_text_encoders``; logged)."""
         self.sigmas = sigmas(config.sampling.steps, config.sampling.shift)
         self.multi_columns = (isinstance(self.task, PromptTask) and len(self.task.names) > 1
                               and config.reward.aggregate == "zscore_sum")
@@ -124,6 +133,24 @@ class Trainer:
         if resume is not None:
             self._resume(resume)
 
+    def _cache_text_and_free_encoders(self) -> str | None:
+        """``model.free_text_encoders``: every prompt the run will see encoded now, then the encoders dropped."""
+        if not self.cfg.model.free_text_encoders or self.backbone.text_encoders is None:
+            return None
+        texts = list(dict.fromkeys([*self.train_prompts.texts,
+                                    *(t for prompts in self.task.evaluation.values() for t in prompts.texts)]))
+        limit = self.cfg.model.text_cache
+        if len(texts) + (self.empty is not None) > limit:
+            note = (f"text encoders kept: {len(texts)} prompts exceed model.text_cache={limit} (raise it to cache "
+                    "them all and free the encoders)")
+        else:
+            for text in texts:  # one at a time, as the cache encodes a miss
+                self.backbone.encode_prompts([text])
+            released = self.backbone.free_text_encoders()
+            note = f"text encoders freed after caching {len(texts)} prompts ({released / 2**30:.2f} GiB)"
+        log.info(note)
+        return note
+
     # ---- state ---------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"iteration": self.iteration, "config": to_dict(self.cfg),
@@ -139,10 +166,15 @@ class Trainer:
         if saved_method != self.cfg.method:
             raise ValueError(f"--resume {run_dir}: it was trained with method={saved_method!r}, this config has "
                              f"method={self.cfg.method!r}; a run continues with its own method")
+        defaults = to_dict(TrainConfig())
         for key in ("sampling", "window", "adagrpo", "group_size", "seed", "model", "nft", "awm", "dgpo", "guard"):
-            if saved.get(key, current.get(key)) != current.get(key):  # a section added since: its defaults
-                raise ValueError(f"--resume {run_dir}: its config differs in {key!r} ({saved.get(key)} vs "
-                                 f"{current.get(key)}); resume with the run's own config")
+            was, now = saved.get(key, defaults[key]), current[key]  # a section added since: its defaults
+            if isinstance(now, dict):  # keys added since: their defaults; how a run runs may change on resume
+                was = {k: was.get(k, v) for k, v in defaults[key].items() if k not in RUNTIME_KEYS}
+                now = {k: v for k, v in now.items() if k not in RUNTIME_KEYS}
+            if was != now:
+                raise ValueError(f"--resume {run_dir}: its config differs in {key!r} ({was} vs {now}); resume "
+                                 "with the run's own config")
         expected = set(self._weights())
         if set(model_state) != expected:
             missing, extra = sorted(expected - set(model_state))[:3], sorted(set(model_state) - expected)[:3]
