@@ -7,10 +7,9 @@ Cases: the embedded world's transformer attention (rollout batch 12 = 4 prompts 
 fp32 on CPU, bf16 on CUDA. Prediction (written before measuring): on CPU native (which chooses the fused CPU flash
 kernel) beats native_math by 1.2–2× at SD3.5 sizes and ties at the world's (overhead-bound); on an H100 flash3 >
 flash ≈ native (SDPA's flash) > xformers > math.
-Result (2-core CPU, 2026-12-07, ``fastgrpo bench attention``): native beat native_math at both sizes — forward
-1.45× (world) and 2.11× (SD3.5-M), forward + backward 1.39× and 1.58× (a first run: 1.8× / 2.1× and 1.27× /
-1.29×) — so the half about the world's size was wrong (the math kernel's separate softmax costs even at 80
-tokens). GPU: pending.
+Result (2-core CPU, 2026-12-07, ``fastgrpo bench attention``, three runs): native beat native_math at both sizes
+— forward 1.45–1.8× (world) and 1.9–2.1× (SD3.5-M), forward + backward 1.27–1.69× — so the half about the world's
+size was wrong (the math kernel's separate softmax costs even at 80 tokens). GPU: pending.
 """
 from __future__ import annotations
 
