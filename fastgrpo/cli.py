@@ -1,4 +1,5 @@
-"""Command line: ``fastgrpo train`` | ``config`` | ``eval`` | ``sample`` | ``pretrain-world`` | ``demo`` | ``bench``."""
+"""Command line: ``fastgrpo train`` | ``config`` | ``eval`` | ``sample`` | ``serve-reward`` | ``pretrain-world`` |
+``demo`` | ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="sample with every step family on an analytic flow; check replay ratios")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--batch", type=int, default=64)
+    srv = sub.add_parser("serve-reward", help="serve a registered reward over HTTP for remote:NAME rewards")
+    srv.add_argument("name", help="a registered reward, e.g. pickscore, aesthetic, jpeg_compressibility")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    srv.add_argument("--port", type=int, default=8401)
+    srv.add_argument("--token", default=None, help="a shared secret clients send (required beyond 127.0.0.1; "
+                                                   "clients read it from FASTGRPO_REWARD_TOKEN)")
+    srv.add_argument("--max-batch", type=int, default=64, help="images scored together at most")
+    srv.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    srv.add_argument("config", nargs="*", help="the reward's config as key=value, e.g. path=/models/PickScore_v1")
     bench = sub.add_parser("bench", help="run benchmarks; results go to benchmarks/results/<device>/")
     bench.add_argument("name", nargs="?", default=None, help="e.g. flow_step, dpm_solver (default: all)")
     bench.add_argument("--quick", action="store_true", help="a few small cases only")
@@ -91,6 +101,24 @@ def main(argv: list[str] | None = None) -> int:
             render_run(args.run_dir, args.out)
         except TargetError as error:
             smp.error(str(error))
+        return 0
+    if args.command == "serve-reward":
+        import yaml
+
+        from .rewards.serve import serve
+        config = {}
+        for item in args.config:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                srv.error(f"reward config {item!r} is not key=value")
+            config[key] = yaml.safe_load(value) if value else ""
+        if args.max_batch < 1:
+            srv.error(f"--max-batch must be >= 1, got {args.max_batch}")
+        try:
+            serve(args.name, host=args.host, port=args.port, token=args.token, max_batch=args.max_batch,
+                  device=args.device, config=config)
+        except ValueError as error:  # an unknown reward, a bad key, a public host without a token
+            srv.error(str(error))
         return 0
     if args.command == "demo":
         from .demo import run

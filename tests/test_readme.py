@@ -5,6 +5,7 @@ reward models built in code, and the run is shrunk by overrides appended to the 
 Commands that need a GPU are listed in ``GPU_ONLY`` and say so in the README."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,11 +148,68 @@ def run_make_demo(command, tmp):
     assert "ratio" in _make("demo", timeout=600).stdout.lower()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _reward_server(command: str, tmp: Path):
+    """``command`` (a `fastgrpo serve-reward ...` line, model paths already tiny) started on a free port; yields
+    its URL once /health answers (bounded wait), then stops it."""
+    import urllib.request
+
+    port = _free_port()
+    argv = shlex.split(re.sub(r"--port \d+", "", command)) + ["--port", str(port)]
+    argv[0] = str(BIN / "fastgrpo")
+    server = subprocess.Popen(argv, cwd=tmp, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):  # ≤ 120 s: the server imports torch and builds the reward first
+            if server.poll() is not None:
+                raise AssertionError(f"{command} exited: {server.stdout.read()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"{command}: no answer on {url}/health within 120 s")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run_serve_reward(command, tmp):
+    """`fastgrpo serve-reward NAME ...`: served, and a remote:NAME client scores through it."""
+    from fastgrpo.rewards import build_reward
+
+    name = shlex.split(command)[2]
+    with _reward_server(_model_dirs(tmp, command), tmp) as url:
+        scores = build_reward(f"remote:{name}", path=url)(torch.rand(2, 3, 32, 32), ["a red cube", "a blue ball"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
 def run_fastgrpo_train(command, tmp):
-    """`fastgrpo train ...` on the world, a shipped recipe, or a tiny pipeline."""
+    """`fastgrpo train ...` on the world, a shipped recipe, or a tiny pipeline; with a remote:NAME reward, against
+    the README's `fastgrpo serve-reward NAME` line started first."""
     _prompts(tmp, "prompts/train.txt")
     _prompts(tmp)
     command = _model_dirs(tmp, command)
+    served = re.search(r"reward\.paths=remote:(\w+)=(\S+)", command)
+    if served:
+        serve = next(c for c in readme_commands() if c.startswith(f"fastgrpo serve-reward {served.group(1)} "))
+        with _reward_server(_model_dirs(tmp, serve), tmp) as url:
+            _run(command.replace(served.group(2), url), tmp, TINY_REAL + [f"out_dir={tmp / 'run'}"])
+        assert (tmp / "run" / "latest").is_file()
+        return
     if "model.path=tiny-sd3" in command:  # the README's tiny-pipeline pair: the line before writes it
         from fastgrpo.models.tiny import save_tiny_pipeline
         save_tiny_pipeline("sd3", tmp / "tiny-sd3")
@@ -231,6 +290,7 @@ RUNNERS = [
     (r"^python -c \"from fastgrpo\.models\.tiny import .*$", run_tiny_pipeline),
     (r"^fastgrpo (sample|eval) runs/default\b.*$", run_on_a_run),
     (r"^fastgrpo config\b.*$", run_config),
+    (r"^fastgrpo serve-reward \w+\b.*$", run_serve_reward),
     (r"^fastgrpo bench( \w+)?( --quick)?$", run_bench),
     (r"^python -m benchmarks\.\w+ .*$", run_help),
 ]

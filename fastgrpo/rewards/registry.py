@@ -36,9 +36,18 @@ def build_reward(name: str, **config):
 
     Raises ValueError for an unknown name (listing the registered ones) or for config keys the reward does not take.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reward {name!r}; registered rewards: {', '.join(available_rewards())}")
-    factory = _REGISTRY[name]
+    if name.startswith("remote:"):  # a reward server's (fastgrpo serve-reward NAME): its URL is the path
+        from .remote import RemoteReward
+
+        if not name[len("remote:"):]:
+            raise ValueError("reward 'remote:' names no reward: write remote:NAME, the name the server serves")
+        config = {**config, "remote": name[len("remote:"):]}
+        factory = RemoteReward
+    elif name not in _REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; registered rewards: {', '.join(available_rewards())} "
+                         "(or remote:NAME for a reward server)")
+    else:
+        factory = _REGISTRY[name]
     accepted, open_ended = _accepted(factory)
     unknown = sorted(set(config) - accepted)
     if unknown and not open_ended:

@@ -144,13 +144,13 @@ class RewardConfig(Section):
     z-scores (DanceGRPO / MixGRPO, zscore_sum)."""
     batch_size: int = Field(32, ge=1)
     """Images per scorer call (the reward models' micro-batch)."""
-    schedule: Literal[REWARD_SCHEDULES] = "inline"
+    schedule: Literal[("auto", *REWARD_SCHEDULES)] = "auto"
     """When a rollout's rewards are computed: each group's as soon as it is sampled (inline), every group's in one
     decode + reward call after the rollout (batched), or each group's in a worker thread — its own CUDA stream —
-    while the next group rolls out (overlap). Same rewards either way (fastgrpo/train/overlap.py). Default inline:
-    on the world's default job on 2 CPU cores (2026-12-07, ``fastgrpo bench reward_schedule``) batched ran 1.01×
-    (noise) and overlap 0.72× — on CPU the worker's OpenMP threads spin and take the cores from the rollout; GPU
-    comparison pending."""
+    while the next group rolls out (overlap). Same rewards either way (fastgrpo/train/overlap.py). auto: overlap
+    when a reward waits on a server (remote:NAME, vlm_judge), else inline — on the world's default job on 2 CPU
+    cores (2026-12-07, ``fastgrpo bench reward_schedule``) batched ran 1.01× (noise) and overlap 0.72× (the
+    worker's OpenMP threads spin and take the cores from the rollout); GPU comparison pending."""
 
     @model_validator(mode="after")
     def _check(self):

@@ -35,7 +35,7 @@ from ..models.compile import compile_transformer
 from ..models.lora import has_lora
 from . import atomic, checkpoint, distributed, evaluate as evaluation, report
 from .config import TrainConfig, dump_config, to_dict
-from .overlap import RewardQueue
+from .overlap import RewardQueue, resolve_schedule
 from .rollout import sample, sample_dpm
 from .schedule import sigmas
 from .task import Prompts, PromptTask, build_task
@@ -115,6 +115,8 @@ class Trainer:
         if self.multi_columns and (config.branch.enabled or config.stepwise.enabled):
             raise ValueError("reward.aggregate=zscore_sum with several rewards cannot be combined with "
                              "branch.enabled or stepwise.enabled (their reward columns are granularities / steps)")
+        self.reward_schedule = resolve_schedule(config.reward.schedule, config.reward.names)
+        """``reward.schedule`` with auto resolved: overlap when a reward waits on a server, else inline."""
         self.sync_stages = False
         """Synchronise the device at stage boundaries so the stage timers are exact, and on CUDA record each
         stage's peak memory (``peak_<stage>_gib`` in the metrics) — benchmarks."""
@@ -224,7 +226,7 @@ class Trainer:
         """Where a rollout submits each group's latents and prompts for their rewards (``reward.schedule``;
         ``combined`` as in :meth:`reward`)."""
         return RewardQueue(lambda latents, prompts: self.reward(latents, prompts, combined=combined),
-                           self.cfg.reward.schedule, Prompts.cat)
+                           self.reward_schedule, Prompts.cat)
 
     def evaluate(self) -> dict:
         """Every evaluation prompt (world: training and held-out) × ``eval_seeds`` fixed noise seeds, ODE samples:

@@ -26,6 +26,18 @@ from torch import Tensor
 SCHEDULES = ("inline", "batched", "overlap")
 
 
+SERVED = ("remote:", "vlm_judge")
+"""Rewards that wait on a server (name prefixes): ``auto`` overlaps them with the rollout."""
+
+
+def resolve_schedule(schedule: str, names: list[str]) -> str:
+    """``reward.schedule`` with ``auto`` made concrete: overlap when a reward waits on a server (its request is
+    issued while the next group rolls out), inline otherwise (the measured default on CPU)."""
+    if schedule != "auto":
+        return schedule
+    return "overlap" if any(name.startswith(SERVED) for name in names) else "inline"
+
+
 class RewardQueue:
     """``submit(latents, prompts)`` per group, then ``results()``: the groups' rewards in submission order.
     ``score(latents, prompts) -> Tensor`` is the trainer's decode + reward; ``concat(list of prompts)`` joins the
