@@ -90,8 +90,8 @@ def test_resume_after_a_kill_logs_each_iteration_once_with_the_uninterrupted_val
     killed.save = dies_before_the_last_save
     with pytest.raises(_Killed):
         killed.run(progress=False)
-    if killed._writer is not None:
-        killed._writer.close()
+    if killed._tracking is not None:
+        killed._tracking.close()
     assert [m["iteration"] for m in _metrics(tmp_path / "half")] == [0, 1, 2, 3]
     assert ckpt.load(tmp_path / "half")[1]["iteration"] == 2
     Trainer(_config(tmp_path / "half", "iterations=3", "checkpoint_every=2"),

@@ -299,6 +299,27 @@ class OptimConfig(Section):
     """β of Flow-GRPO's KL, mean((μ − μ_ref)²)/(2g²), to the initial model (0: no reference model kept)."""
 
 
+class LoggingConfig(Section):
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Where the metrics go: jsonl (``metrics.jsonl``, always: the run's record, which resume and the reports
+    read), tensorboard (when installed), wandb (the ``wandb`` extra; the same scalars, the sample grids, the
+    resolved config; a resumed run continues the same wandb run)."""
+    project: str = "fastgrpo"
+    """wandb: the project."""
+    name: Optional[str] = None
+    """wandb: the run's display name (null: the run directory's name)."""
+    wandb_mode: Optional[Literal["online", "offline", "disabled"]] = None
+    """wandb: online | offline (no account or network; ``wandb sync`` later) | disabled; null: WANDB_MODE or
+    wandb's default."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if "jsonl" not in self.backends:
+            raise ValueError("logging.backends must include jsonl: metrics.jsonl is the run's record (resume and "
+                             "the reports read it)")
+        return self
+
+
 class GuardConfig(Section):
     rationorm: bool = False
     """GRPO-Guard (arXiv 2510.22319; yifan123/flow_grpo commit 2e2f712), an option of ``method: grpo``: the
@@ -375,6 +396,7 @@ class TrainConfig(Section):
     adagrpo: AdaGRPOConfig = Field(default_factory=AdaGRPOConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     method: Literal[METHOD_NAMES] = "grpo"
     """grpo: the SDE-replay family (Flow-GRPO ... AdaGRPO, set by sampling/window/branch/stepwise) | nft:
     DiffusionNFT (its settings under ``nft``) | awm: Advantage Weighted Matching (under ``awm``) | dgpo: Direct Group

@@ -39,6 +39,7 @@ from .overlap import RewardQueue, resolve_schedule
 from .rollout import sample, sample_dpm
 from .schedule import sigmas
 from .task import Prompts, PromptTask, build_task
+from .tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class Trainer:
         stage's peak memory (``peak_<stage>_gib`` in the metrics) — benchmarks."""
         self.stage_peaks: dict[str, float] = {}
         self._stop = False
-        self._writer = None
+        self._tracking: Tracking | None = None
+        """TensorBoard / wandb (``logging.backends``), rank 0 only."""
         self.last_eval: evaluation.Evaluation | None = None
         self._start_eval: dict | None = None
         self._wall_start = time.perf_counter()
@@ -372,8 +374,8 @@ class Trainer:
             report.write_jsonl(self.out / "metrics.jsonl", self.history)
             self._wall_offset = self.history[-1].get("wall_s", 0.0) if self.history else 0.0
             self._wall_start = time.perf_counter()
-            self._writer = _tensorboard(self.out / "tensorboard",
-                                        purge_step=self.history[-1]["iteration"] + 1 if self.history else 0)
+            self._tracking = Tracking(cfg, self.out, config=to_dict(cfg),
+                                      purge_step=self.history[-1]["iteration"] + 1 if self.history else 0)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             from tqdm import tqdm
@@ -404,9 +406,9 @@ class Trainer:
         if self._saved_at != self.iteration:
             self.save()
         if main:
-            if self._writer is not None:
-                self._writer.close()
             self._before_after()
+            if self._tracking is not None:
+                self._tracking.close()
             self._summary()
         return self.history
 
@@ -414,16 +416,16 @@ class Trainer:
         record["wall_s"] = self._wall_offset + time.perf_counter() - self._wall_start
         self.history.append(record)
         report.append_jsonl(self.out / "metrics.jsonl", record)
-        if self._writer is not None:
-            for key, value in record.items():
-                if key != "iteration" and isinstance(value, (int, float)):
-                    self._writer.add_scalar(key, value, record["iteration"])
+        if self._tracking is not None:
+            self._tracking.scalars(record)
         if "eval_train_reward" in record:
             evals = [h for h in self.history if "eval_train_reward" in h]
             report.save_curve(evals, [k for k in record if k.startswith("eval_")], self.out / "reward_curve.png")
             images, labels, correct = self.last_eval.grid()
-            report.save_grid(images, self.out / f"samples_{record['iteration']:05d}.png", prompts=labels,
-                             correct=correct)
+            grid = self.out / f"samples_{record['iteration']:05d}.png"
+            report.save_grid(images, grid, prompts=labels, correct=correct)
+            if self._tracking is not None:
+                self._tracking.image("samples", grid, record["iteration"])
             if record["iteration"] == 0:
                 self._keep_start_eval()
 
@@ -448,9 +450,12 @@ class Trainer:
         images, labels, correct = self.last_eval.grid()
         if labels != start["labels"]:
             return  # another evaluation set (a changed config): nothing to pair
-        report.save_before_after(start["images"], report.thumbnails(images), self.out / "before_after.png",
+        path = self.out / "before_after.png"
+        report.save_before_after(start["images"], report.thumbnails(images), path,
                                  prompts=labels, correct_before=start["correct"], correct_after=correct,
                                  titles=("pretrained (iteration 0)", f"final (iteration {self.iteration})"))
+        if self._tracking is not None:
+            self._tracking.image("before_after", path, self.iteration)
 
     def _summary(self) -> None:
         evals = [h for h in self.history if "eval_train_reward" in h]
@@ -477,16 +482,6 @@ class Trainer:
             print("seconds per iteration: " + ", ".join(f"{k[2:]} {v:.2f}" for k, v in parts.items())
                   + f"; per evaluation {sum(h['t_eval'] for h in evals if 't_eval' in h) / len(evals):.1f}")
         print(f"outputs in {self.out}")
-
-
-def _tensorboard(folder: Path, purge_step: int):
-    """TensorBoard scalars when tensorboard is installed (the ``train`` extra); metrics.jsonl always. Events from
-    ``purge_step`` on (a killed run's, redone after resume) are hidden, as metrics.jsonl drops them."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> list[dict]:
