@@ -89,17 +89,97 @@ def check_plain(value, where: str = "state") -> None:
                         "lists, numbers and strings (it is loaded with weights_only=True)")
 
 
-def load(run_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """(model state dict, training state) of the run's latest checkpoint."""
-    from safetensors.torch import load_file
-
+def latest(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint directory the run's ``latest`` names."""
     run = Path(run_dir)
     pointer = run / "latest"
     if not pointer.is_file():
         raise FileNotFoundError(f"--resume {run}: no 'latest' file; expected a run directory written by "
                                 "`fastgrpo train` (with ckpt-*/model.safetensors and state.pt)")
-    ckpt = run / pointer.read_text().strip()
-    for name in ("model.safetensors", "state.pt"):
+    return run / pointer.read_text().strip()
+
+
+def load(run_dir: str | os.PathLike) -> tuple[dict | None, dict]:
+    """(model state dict, training state) of the run's latest checkpoint; the model state is None for a sharded
+    checkpoint (its weights and optimiser state are in ``SHARDS``: :func:`load_shards`)."""
+    from safetensors.torch import load_file
+
+    ckpt = latest(run_dir)
+    sharded = (ckpt / SHARDS).is_dir()
+    for name in ("state.pt",) if sharded else ("model.safetensors", "state.pt"):
         if not (ckpt / name).is_file():
-            raise FileNotFoundError(f"--resume {run}: {ckpt / name} is missing")
-    return load_file(str(ckpt / "model.safetensors")), torch.load(ckpt / "state.pt", weights_only=True)
+            raise FileNotFoundError(f"--resume {run_dir}: {ckpt / name} is missing")
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    return (None if sharded else load_file(str(ckpt / "model.safetensors"))), state
+
+
+# ---- sharded checkpoints (FSDP2, full fine-tuning) ------------------------------------------------------------
+
+SHARDS = "shards"
+"""The torch.distributed.checkpoint folder of a sharded checkpoint: each rank's part (``__<rank>_0.distcp``) and
+the metadata that lets any world size read it back."""
+
+
+def save_sharded(out_dir: str | os.PathLike, iteration: int, trained, optimizer, state: dict, keep: int = 2):
+    """Every rank writes its own shards of the weights and the optimiser state (``torch.distributed.checkpoint``,
+    no gather on rank 0) into the same temporary directory; after a barrier rank 0 adds ``state.pt``, renames the
+    directory and switches ``latest`` as :func:`save` does. A collective: every rank calls it. The path on rank 0,
+    None elsewhere. Several nodes need ``out_dir`` on a file system they share."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    check_plain(state)
+    out = Path(out_dir)
+    rank = dist.get_rank()
+    name = [None]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        name = [Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX)).name]
+    dist.broadcast_object_list(name, src=0)
+    tmp = out / name[0]
+    model_state, optim_state = get_state_dict(trained, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))  # fsyncs its files
+    dist.barrier()
+    final = None
+    if rank == 0:
+        try:
+            torch.save(state, tmp / "state.pt")
+            atomic.fsync_tree(tmp)
+            final = out / f"ckpt-{iteration:06d}-{tmp.name.removeprefix(TMP_PREFIX)}"
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        atomic.fsync_dir(out)
+        atomic.write_text(out / "latest", final.name + "\n")
+        _prune(out, final, keep)
+    dist.barrier()
+    return final
+
+
+def shard_names(ckpt: Path) -> set[str]:
+    """The weight names the sharded checkpoint ``ckpt`` (a ckpt-* directory) holds (its metadata; nothing loaded)."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(str(Path(ckpt) / SHARDS)).read_metadata()
+    return {key.removeprefix("model.") for key in metadata.state_dict_metadata if key.startswith("model.")}
+
+
+def load_shards(ckpt: Path, trained, optimizer=None) -> None:
+    """Load the sharded checkpoint ``ckpt`` (a ckpt-* directory) into ``trained`` (FSDP2 on any number of ranks —
+    each reads the parts its shards need — or a plain module on one process) and, when given, the optimiser."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                         set_state_dict)
+
+    path = str(Path(ckpt) / SHARDS)
+    if optimizer is None:
+        state = {"model": get_model_state_dict(trained)}
+        dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(trained, state["model"])
+        return
+    model_state, optim_state = get_state_dict(trained, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(trained, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -247,7 +247,10 @@ def _checkpoint_dir(target: str, command: str) -> Path:
             raise TargetError(f"fastgrpo {command} {target}: its 'latest' names {ckpt.name}, which is missing")
     else:
         ckpt = path
-    missing = [name for name in ("model.safetensors", "state.pt") if not (ckpt / name).is_file()]
+    from .checkpoint import SHARDS
+
+    weights = SHARDS if (ckpt / SHARDS).is_dir() else "model.safetensors"  # a sharded (FSDP2) checkpoint, or one file
+    missing = [name for name in (weights, "state.pt") if not (ckpt / name).exists()]
     if missing:
         raise TargetError(f"fastgrpo {command} {target}: not a run directory (a 'latest' file naming a checkpoint) nor a "
                          f"checkpoint (ckpt-*/ with model.safetensors and state.pt; {', '.join(missing)} missing "
@@ -262,7 +265,7 @@ def load_target(target: str | None, device: str | None = None, command: str = "e
     recorded in the checkpoint), or when its weights do not fit the model its config names."""
     from safetensors.torch import load_file
 
-    from . import distributed
+    from . import checkpoint, distributed
     from .config import from_dict, load_config
     from .loop import Trainer
 
@@ -285,6 +288,15 @@ def load_target(target: str | None, device: str | None = None, command: str = "e
                          f"sha256 {recorded[:12]}…, but model.path={config.model.path!r} now holds {current[:12]}…; "
                          "evaluate it where that world is installed")
     trainer = Trainer(config)
+    if (ckpt / checkpoint.SHARDS).is_dir():  # a sharded checkpoint, read on this one process
+        names, expected = checkpoint.shard_names(ckpt), set(trainer.model.state_dict())
+        if names != expected:
+            raise TargetError(f"fastgrpo {command} {target}: its weights do not fit the {config.model.kind} model its "
+                              f"config names (missing {sorted(expected - names)[:3]}, unexpected "
+                              f"{sorted(names - expected)[:3]})")
+        checkpoint.load_shards(ckpt, trainer.model)
+        trainer.iteration = int(state.get("iteration", 0))
+        return trainer, trainer.iteration, str(ckpt)
     weights = load_file(str(ckpt / "model.safetensors"))
     expected = trainer._weights()
     missing = sorted(set(expected) - set(weights))[:3]

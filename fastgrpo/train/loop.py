@@ -87,6 +87,9 @@ class Trainer:
                          if config.model.compile else 0)
         """Modules compiled in place (``model.compile``: the transformer, or each block; 0 = eager)."""
         self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
+        self.sharded = config.distributed == "fsdp" and self.world_size > 1 and not self.lora
+        """Checkpoints as torch.distributed.checkpoint shards (FSDP2 full fine-tuning on several ranks); LoRA and
+        single-process runs keep one safetensors file, loadable anywhere."""
         self.params = [p for p in self.trained.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: the transformer has no trainable parameters")
@@ -158,7 +161,7 @@ class Trainer:
     # ---- state ---------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"iteration": self.iteration, "config": to_dict(self.cfg),
-                "optimizer": distributed.optimizer_state(self.trained, self.optimizer),
+                "optimizer": None if self.sharded else distributed.optimizer_state(self.trained, self.optimizer),
                 "tracker": self.tracker.state_dict(), "history": self.history,
                 "base": self._base, "optimizer_steps": self.optimizer_steps, "method": self.cfg.method,
                 "method_state": self.method.state_dict()}
@@ -179,13 +182,19 @@ class Trainer:
             if was != now:
                 raise ValueError(f"--resume {run_dir}: its config differs in {key!r} ({was} vs {now}); resume "
                                  "with the run's own config")
-        expected = set(self._weights())
-        if set(model_state) != expected:
-            missing, extra = sorted(expected - set(model_state))[:3], sorted(set(model_state) - expected)[:3]
+        if model_state is None:  # a sharded checkpoint (FSDP2): names from its metadata, no weights gathered
+            names, expected = checkpoint.shard_names(checkpoint.latest(run_dir)), set(self.model.state_dict())
+        else:
+            names, expected = set(model_state), set(self._weights())
+        if names != expected:
+            missing, extra = sorted(expected - names)[:3], sorted(names - expected)[:3]
             raise ValueError(f"--resume {run_dir}: its weights do not fit this model (missing {missing}, unexpected "
                              f"{extra}); resume with the run's own config")
-        distributed.load_weights(self.trained, self.model, model_state, self.lora)
-        distributed.load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
+        if model_state is None:  # any world size: each rank reads what its shards need
+            checkpoint.load_shards(checkpoint.latest(run_dir), self.trained, self.optimizer)
+        else:
+            distributed.load_weights(self.trained, self.model, model_state, self.lora)
+            distributed.load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
         self.method.load_state_dict(state.get("method_state", {}))
         self.iteration = state["iteration"]
@@ -199,6 +208,10 @@ class Trainer:
         return distributed.full_weights(self.trained, self.model, self.lora)
 
     def save(self) -> Path | None:
+        if self.sharded:  # each rank writes its shards; no whole copy on rank 0
+            path = checkpoint.save_sharded(self.out, self.iteration, self.trained, self.optimizer, self._state())
+            self._saved_at = self.iteration
+            return path
         weights, state = self._weights(), self._state()  # collectives under FSDP: every rank takes part
         path = checkpoint.save(self.out, self.iteration, weights, state) if self.rank == 0 else None
         if self.world_size > 1:
