@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 RECOMPILE_LIMIT = 64
 """Compiled variants kept per block forward (dynamo's default: 8)."""
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "layers")
 SCOPES = ("transformer", "blocks")
-"""The repeated blocks of the diffusers transformers fastgrpo trains (SD3: the first; FLUX: both)."""
+"""The repeated blocks of the diffusers transformers fastgrpo trains (SD3: the first; FLUX: the first two; Z-Image:
+``layers``)."""
 
 
 def why_not(device: torch.device) -> str | None:

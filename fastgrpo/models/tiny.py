@@ -1,8 +1,8 @@
 """Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
 
-* ``save_tiny_pipeline("sd3" | "flux", directory)``: a few-layer StableDiffusion3Pipeline / FluxPipeline (random
-  weights, word-level tokenizers) written with ``save_pretrained``, loadable by ``model.path`` exactly as a
-  downloaded SD3.5 or FLUX.1 directory is;
+* ``save_tiny_pipeline("sd3" | "flux" | "zimage", directory)``: a few-layer StableDiffusion3Pipeline /
+  FluxPipeline / ZImagePipeline (random weights, word-level tokenizers) written with ``save_pretrained``, loadable
+  by ``model.path`` exactly as a downloaded SD3.5, FLUX.1 or Z-Image directory is;
 * ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
   and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
 """
@@ -44,6 +44,14 @@ def _t5(d_model: int):
                                    num_layers=2, num_heads=2, pad_token_id=0, eos_token_id=2))
 
 
+def _qwen3(hidden: int):
+    from transformers import Qwen3Config, Qwen3Model
+
+    return Qwen3Model(Qwen3Config(vocab_size=len(WORDS) + 3, hidden_size=hidden, intermediate_size=2 * hidden,
+                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                  max_position_embeddings=64, pad_token_id=0, eos_token_id=2, bos_token_id=2))
+
+
 def _vae(latent_channels: int, shift: float | None):
     from diffusers import AutoencoderKL
 
@@ -54,7 +62,7 @@ def _vae(latent_channels: int, shift: float | None):
 
 
 def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` ("sd3" or "flux") pipeline to ``directory`` (random weights; VAE factor 2)."""
+    """Write a tiny ``kind`` ("sd3", "flux" or "zimage") pipeline to ``directory`` (random weights; VAE factor 2)."""
     torch.manual_seed(seed)
     directory = Path(directory)
     if kind == "sd3":
@@ -80,8 +88,18 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
             transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4, 0.1),
             text_encoder=_clip_text(16, 16, with_projection=False), tokenizer=word_tokenizer(16),
             text_encoder_2=_t5(32), tokenizer_2=word_tokenizer(16))
+    elif kind == "zimage":
+        from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+        transformer = ZImageTransformer2DModel(
+            all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
+            n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[64, 32, 32])
+        tokenizer = word_tokenizer(16)
+        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # Qwen3's role: text
+        pipe = ZImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+                              vae=_vae(4, 0.1), text_encoder=_qwen3(16), tokenizer=tokenizer)
     else:
-        raise ValueError(f"kind must be 'sd3' or 'flux', got {kind!r}")
+        raise ValueError(f"kind must be 'sd3', 'flux' or 'zimage', got {kind!r}")
     pipe.save_pretrained(str(directory))
     return directory
 

@@ -56,9 +56,9 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    kind: Literal["world", "sd3", "flux"] = "world"
+    kind: Literal["world", "sd3", "flux", "zimage"] = "world"
     """world (the embedded shapes world) | sd3 (a local StableDiffusion3Pipeline directory, SD3 / SD3.5) | flux
-    (a local FluxPipeline directory)."""
+    (a local FluxPipeline directory) | zimage (a local ZImagePipeline directory)."""
     path: Optional[str] = None
     """world: its weights (safetensors; null = the weights shipped in the package); sd3 / flux: the pipeline
     directory written by ``save_pretrained`` (never downloaded)."""
