@@ -2,15 +2,15 @@
 velocity call — behind one interface, so the loop is the same for the embedded world, SD3/SD3.5 and FLUX.
 
 ``load_backbone(config.model, device)`` picks by ``model.kind``: ``world`` (the embedded shapes world), ``sd3``
-(a local diffusers StableDiffusion3Pipeline directory), ``flux`` (a local FluxPipeline directory) or ``zimage``
-(a local ZImagePipeline directory).
+(a local diffusers StableDiffusion3Pipeline directory), ``flux`` (a local FluxPipeline directory), ``flux2`` (a
+local Flux2KleinPipeline directory) or ``zimage`` (a local ZImagePipeline directory).
 """
 from __future__ import annotations
 
 from .base import Backbone, TextEmbeddings
 from .lora import add_lora, adapters_disabled
 
-KINDS = ("world", "sd3", "flux", "zimage")
+KINDS = ("world", "sd3", "flux", "flux2", "zimage")
 
 
 def load_backbone(model_cfg, device) -> Backbone:
@@ -25,6 +25,9 @@ def load_backbone(model_cfg, device) -> Backbone:
     elif model_cfg.kind == "flux":
         from .flux import FluxBackbone
         backbone = FluxBackbone.from_pretrained(model_cfg, device)
+    elif model_cfg.kind == "flux2":
+        from .flux2 import Flux2Backbone
+        backbone = Flux2Backbone.from_pretrained(model_cfg, device)
     elif model_cfg.kind == "zimage":
         from .zimage import ZImageBackbone
         backbone = ZImageBackbone.from_pretrained(model_cfg, device)

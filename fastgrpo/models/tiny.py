@@ -1,8 +1,8 @@
 """Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
 
-* ``save_tiny_pipeline("sd3" | "flux" | "zimage", directory)``: a few-layer StableDiffusion3Pipeline /
-  FluxPipeline / ZImagePipeline (random weights, word-level tokenizers) written with ``save_pretrained``, loadable
-  by ``model.path`` exactly as a downloaded SD3.5, FLUX.1 or Z-Image directory is;
+* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "zimage", directory)``: a few-layer StableDiffusion3Pipeline /
+  FluxPipeline / Flux2KleinPipeline / ZImagePipeline (random weights, word-level tokenizers) written with
+  ``save_pretrained``, loadable by ``model.path`` exactly as a downloaded directory of that family is;
 * ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
   and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
 """
@@ -62,7 +62,8 @@ def _vae(latent_channels: int, shift: float | None):
 
 
 def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` ("sd3", "flux" or "zimage") pipeline to ``directory`` (random weights; VAE factor 2)."""
+    """Write a tiny ``kind`` ("sd3", "flux", "flux2" or "zimage") pipeline to ``directory`` (random weights; VAE
+    factor 2)."""
     torch.manual_seed(seed)
     directory = Path(directory)
     if kind == "sd3":
@@ -98,8 +99,28 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
         tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # Qwen3's role: text
         pipe = ZImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                               vae=_vae(4, 0.1), text_encoder=_qwen3(16), tokenizer=tokenizer)
+    elif kind == "flux2":
+        from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                               Flux2Transformer2DModel)
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        transformer = Flux2Transformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
+            guidance_embeds=False)
+        vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                 block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                                 sample_size=32)
+        text = Qwen3ForCausalLM(Qwen3Config(  # 28 layers: FLUX.2 [klein] reads hidden states 9, 18 and 27
+            vocab_size=len(WORDS) + 3, hidden_size=16, intermediate_size=32, num_hidden_layers=28,
+            num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0,
+            eos_token_id=2, bos_token_id=2))
+        tokenizer = word_tokenizer(16)
+        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        pipe = Flux2KleinPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+                                  vae=vae, text_encoder=text, tokenizer=tokenizer)
     else:
-        raise ValueError(f"kind must be 'sd3', 'flux' or 'zimage', got {kind!r}")
+        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2' or 'zimage', got {kind!r}")
     pipe.save_pretrained(str(directory))
     return directory
 

@@ -56,9 +56,10 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    kind: Literal["world", "sd3", "flux", "zimage"] = "world"
+    kind: Literal["world", "sd3", "flux", "flux2", "zimage"] = "world"
     """world (the embedded shapes world) | sd3 (a local StableDiffusion3Pipeline directory, SD3 / SD3.5) | flux
-    (a local FluxPipeline directory) | zimage (a local ZImagePipeline directory)."""
+    (a local FluxPipeline directory) | flux2 (a local Flux2KleinPipeline directory, FLUX.2 [klein]) | zimage (a local
+    ZImagePipeline directory)."""
     path: Optional[str] = None
     """world: its weights (safetensors; null = the weights shipped in the package); sd3 / flux: the pipeline
     directory written by ``save_pretrained`` (never downloaded)."""

@@ -1,0 +1,87 @@
+"""FLUX.2 [klein] from a local diffusers pipeline directory (``model.kind: flux2``; ``Flux2KleinPipeline``).
+
+Latents live packed, as the pipeline keeps them: the VAE's latents are patchified 2×2 (C → 4C channels at half the
+side) and flattened to (H/16 · W/16, 4C) tokens, with 4-axis position ids (t, h, w, layer). Text: the pipeline's own
+``encode_prompt`` — the chat-formatted prompt through Qwen3, hidden states of layers 9, 18 and 27 concatenated per
+token, padded to ``model.max_sequence_length`` — cached; text position ids (0, 0, 0, token). Velocity:
+``Flux2Transformer2DModel(x, timestep=σ, ...)`` is v itself (the pipeline steps its scheduler with it); the embedded
+guidance ``model.flux_guidance`` only for a model with a guidance embedding. Decode: unpack → undo the VAE's batch
+norm (x·√(var + ε) + mean) → un-patchify → VAE. FLUX.2 [dev] (``Flux2Pipeline``, a Mistral-3 text encoder) is not
+covered yet.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, load_pipeline
+
+TEXT_LAYERS = (9, 18, 27)
+"""The Qwen3 hidden states FLUX.2 [klein] conditions on (its pipeline's default)."""
+
+
+class Flux2Backbone(Backbone):
+    def __init__(self, transformer: nn.Module, vae, encode, *, resolution: int, guidance: float = 4.0,
+                 cache_size: int = 512):
+        from diffusers import Flux2KleinPipeline
+
+        self.transformer = transformer
+        self.vae = vae
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        if resolution % (self.vae_scale * 2):
+            raise ValueError(f"model.resolution={resolution} must be a multiple of {self.vae_scale * 2}")
+        self.side = resolution // (self.vae_scale * 2)
+        self.latent_shape = (self.side * self.side, transformer.config.in_channels)
+        device = next(transformer.parameters()).device
+        grid = torch.zeros(1, 1, self.side, self.side)
+        self.img_ids = Flux2KleinPipeline._prepare_latent_ids(grid)[0].to(device)
+        self.guidance = guidance if transformer.config.guidance_embeds else None
+        self.encode_prompts = EmbeddingCache(encode, cache_size)
+
+    @classmethod
+    def from_pretrained(cls, cfg, device) -> "Flux2Backbone":
+        from diffusers import Flux2KleinPipeline
+
+        pipe = load_pipeline(Flux2KleinPipeline, cfg, device, ("transformer", "vae", "text_encoder", "tokenizer"),
+                             ("text_encoder", "vae"), "Flux2Transformer2DModel")
+
+        @torch.no_grad()
+        def encode(texts):
+            hidden, _ = pipe.encode_prompt(list(texts), device=device, max_sequence_length=cfg.max_sequence_length,
+                                           text_encoder_out_layers=TEXT_LAYERS)
+            return hidden, hidden.new_zeros(hidden.shape[0], 1)  # no pooled embedding
+
+        backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, guidance=cfg.flux_guidance,
+                       cache_size=cfg.text_cache)
+        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
+        return backbone
+
+    def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
+        from diffusers import Flux2KleinPipeline
+
+        dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype
+        batch = latents.shape[0]
+        txt_ids = Flux2KleinPipeline._prepare_text_ids(text.hidden).to(latents.device)
+        guidance = None if self.guidance is None else torch.full_like(sigma, self.guidance)
+        return transformer(hidden_states=latents.to(dtype), timestep=sigma, guidance=guidance,
+                           encoder_hidden_states=text.hidden.to(dtype), txt_ids=txt_ids,
+                           img_ids=self.img_ids.expand(batch, -1, -1), return_dict=False)[0]
+
+    def unpack(self, latents: Tensor) -> Tensor:
+        """Packed tokens → the VAE's latents (B, C, H/8, W/8): un-flatten, undo the batch norm, un-patchify."""
+        from diffusers import Flux2KleinPipeline
+
+        x = latents.transpose(1, 2).reshape(latents.shape[0], -1, self.side, self.side).float()
+        bn = self.vae.bn
+        mean = bn.running_mean.view(1, -1, 1, 1).to(x.device, x.dtype)
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps).to(x.device, x.dtype)
+        return Flux2KleinPipeline._unpatchify_latents(x * std + mean)
+
+    def decode(self, latents: Tensor, chunk: int = 8) -> Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        out = []
+        with torch.no_grad():
+            for part in latents.split(chunk):
+                image = self.vae.decode(self.unpack(part).to(dtype), return_dict=False)[0]
+                out.append((image.float() * 0.5 + 0.5).clamp(0, 1))
+        return torch.cat(out)
