@@ -1,8 +1,9 @@
-"""The newer models — Z-Image (``model.kind=zimage``) and FLUX.2 [klein] (``flux2``) — on tiny pipelines built from
-configs in code, saved and reloaded: the backbone's ODE equals the pipeline's own sampling loop from the same noise
-(time and sign conventions, Z-Image's per-prompt caption lengths, FLUX.2's packing and VAE batch norm), and each
-trains through the CLI with LoRA and fully, first ratio exactly 1, resume bit for bit; another family's directory is
-an error naming the pipeline class."""
+"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] (``flux2``) and Wan text-to-video (``wan``) —
+on tiny pipelines built from configs in code, saved and reloaded: the backbone's ODE equals the pipeline's own
+sampling loop from the same noise (time and sign conventions, Z-Image's per-prompt caption lengths, FLUX.2's
+packing and VAE batch norm, Wan's 5-D latents), and each trains through the CLI with LoRA and fully, first ratio
+exactly 1, resume bit for bit; another family's directory is an error naming the pipeline class; videos are scored
+frame by frame; video settings on an image model are rejected."""
 import json
 import os
 import subprocess
@@ -21,7 +22,9 @@ from fastgrpo.train.schedule import sigmas as sigma_grid
 PROMPTS = ["a red cat", "a blue dog on the square", "a green circle", "a photo of a dog"]
 
 
-KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline"}
+KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline", "wan": "WanPipeline"}
+SIZE = {"wan": ("model.resolution=16", "model.frames=5")}
+"""Per kind: the tiny size (Wan: 5 frames → 3 latent frames at the tiny VAE's temporal factor 2)."""
 
 
 class Folder(type(Path())):
@@ -40,7 +43,8 @@ def folder(tmp_path_factory, request):
 
 
 def _overrides(folder, out, *extra):
-    return [f"model.kind={folder.kind}", f"model.path={folder / 'model'}", "model.resolution=32", "model.dtype=fp32",
+    return [f"model.kind={folder.kind}", f"model.path={folder / 'model'}", "model.resolution=32",
+            *SIZE.get(folder.kind, ()), "model.dtype=fp32",
             "model.max_sequence_length=16", f"data.train_prompts={folder / 'prompts.txt'}", "data.eval_count=2",
             "reward.names=jpeg_incompressibility", "sampling.steps=3", "window.size=1", "adagrpo.candidates=2",
             "adagrpo.keep=2", "group_size=2", "eval_every=1000", "eval_seeds=1", f"out_dir={out}", *extra]
@@ -53,19 +57,24 @@ def test_the_backbone_samples_as_the_pipeline_does(folder):
     backbone = load_backbone(cfg.model, torch.device("cpu"))
     pipe = getattr(diffusers, KINDS[folder.kind]).from_pretrained(str(folder / "model"), local_files_only=True)
     grid = sigma_grid(4, 1.0)  # the tiny pipelines' scheduler: shift 1, no dynamic shifting
+    if folder.kind == "wan":  # WanPipeline takes no σ list: its scheduler's own grid
+        pipe.scheduler.set_timesteps(4)
+        grid = pipe.scheduler.sigmas.clone()
     noise = torch.randn(2, *backbone.latent_shape, generator=torch.Generator().manual_seed(0))
     prompts = ["a red cat", "a blue dog on the square"]  # different lengths
     with torch.no_grad():
         ours = sample(backbone.denoiser(backbone.transformer), noise, grid, backbone.encode_prompts(prompts), None,
                       guidance=1.0, eta=0.7, family="flow_sde").latents
+        side = cfg.model.resolution
         if folder.kind == "flux2":  # the pipeline takes the patchified latents unpacked and returns the VAE's
             start = noise.transpose(1, 2).reshape(2, -1, backbone.side, backbone.side)
-            options, ours = dict(guidance_scale=1.0), backbone.unpack(ours)
+            options, ours = dict(guidance_scale=1.0, sigmas=grid[:-1].tolist()), backbone.unpack(ours)
+        elif folder.kind == "wan":
+            start, options = noise, dict(guidance_scale=1.0, num_frames=cfg.model.frames)
         else:
-            start, options = noise, dict(guidance_scale=0.0)
-        theirs = pipe(prompt=prompts, height=32, width=32, num_inference_steps=4, sigmas=grid[:-1].tolist(),
-                      latents=start.clone(), output_type="latent", max_sequence_length=16, return_dict=False,
-                      **options)[0]
+            start, options = noise, dict(guidance_scale=0.0, sigmas=grid[:-1].tolist())
+        theirs = pipe(prompt=prompts, height=side, width=side, num_inference_steps=4, latents=start.clone(),
+                      output_type="latent", max_sequence_length=16, return_dict=False, **options)[0]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -101,3 +110,29 @@ def test_another_familys_directory_is_an_error_naming_the_pipeline(folder):
     cfg = load_config(None, [o.replace(str(folder / "model"), str(folder / "sd3")) for o in _overrides(folder, "x")])
     with pytest.raises(ValueError, match=f"cannot load it as a {KINDS[folder.kind]}"):
         load_backbone(cfg.model, torch.device("cpu"))
+
+
+def test_a_video_is_scored_frame_by_frame_and_previewed_as_a_strip():
+    from fastgrpo.train import video
+    from fastgrpo.train.task import Prompts
+
+    clips = torch.rand(2, 3, 4, 6, 5, generator=torch.Generator().manual_seed(1))  # (B, 3, F, H, W)
+    seen = []
+
+    def score(images, prompts):
+        seen.append(list(prompts.texts))
+        return images.mean((1, 2, 3)) + torch.tensor([len(t) for t in prompts.texts], dtype=torch.float32)
+
+    got = video.per_video(score, clips, Prompts(["a cat", "a red dog"]))
+    expected = torch.stack([torch.stack([score(clips[b, :, f][None], Prompts([p]))[0] for f in range(4)]).mean()
+                            for b, p in enumerate(["a cat", "a red dog"])])
+    torch.testing.assert_close(got, expected)
+    assert seen[0] == ["a cat"] * 4 + ["a red dog"] * 4  # each frame with its video's prompt
+    strip = video.preview(clips)
+    assert strip.shape == (2, 3, 6, 20) and torch.equal(strip[..., 5:10], clips[:, :, 1])
+
+
+def test_video_settings_on_an_image_model_are_rejected():
+    with pytest.raises(ValueError, match="model.frames=5 is a video setting; model.kind=sd3 makes images"):
+        load_config(None, ["model.kind=sd3", "model.path=x", "data.train_prompts=p.txt", "reward.names=pickscore",
+                           "model.frames=5"])

@@ -1,7 +1,8 @@
 """Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
 
-* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "zimage", directory)``: a few-layer StableDiffusion3Pipeline /
-  FluxPipeline / Flux2KleinPipeline / ZImagePipeline (random weights, word-level tokenizers) written with
+* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "wan" | "zimage", directory)``: a few-layer
+  StableDiffusion3Pipeline / FluxPipeline / Flux2KleinPipeline / WanPipeline / ZImagePipeline (random weights,
+  word-level tokenizers) written with
   ``save_pretrained``, loadable by ``model.path`` exactly as a downloaded directory of that family is;
 * ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
   and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
@@ -62,8 +63,8 @@ def _vae(latent_channels: int, shift: float | None):
 
 
 def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` ("sd3", "flux", "flux2" or "zimage") pipeline to ``directory`` (random weights; VAE
-    factor 2)."""
+    """Write a tiny ``kind`` ("sd3", "flux", "flux2", "wan" or "zimage") pipeline to ``directory`` (random weights;
+    VAE factor 2, Wan's temporal factor 2)."""
     torch.manual_seed(seed)
     directory = Path(directory)
     if kind == "sd3":
@@ -119,8 +120,22 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
         tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
         pipe = Flux2KleinPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                                   vae=vae, text_encoder=text, tokenizer=tokenizer)
+    elif kind == "wan":
+        from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
+                               latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 0.8, 1.0, 2.0],
+                               scale_factor_temporal=2, scale_factor_spatial=2)
+        text = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=16, d_ff=32, d_kv=8, num_layers=2,
+                                           num_heads=2, pad_token_id=0, eos_token_id=2))
+        pipe = WanPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
+                           text_encoder=text, tokenizer=word_tokenizer(16))
     else:
-        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2' or 'zimage', got {kind!r}")
+        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2', 'wan' or 'zimage', got {kind!r}")
     pipe.save_pretrained(str(directory))
     return directory
 

@@ -56,15 +56,18 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    kind: Literal["world", "sd3", "flux", "flux2", "zimage"] = "world"
+    kind: Literal["world", "sd3", "flux", "flux2", "zimage", "wan"] = "world"
     """world (the embedded shapes world) | sd3 (a local StableDiffusion3Pipeline directory, SD3 / SD3.5) | flux
     (a local FluxPipeline directory) | flux2 (a local Flux2KleinPipeline directory, FLUX.2 [klein]) | zimage (a local
-    ZImagePipeline directory)."""
+    ZImagePipeline directory) | wan (a local WanPipeline directory, Wan2.1 / 2.2 text-to-video)."""
     path: Optional[str] = None
     """world: its weights (safetensors; null = the weights shipped in the package); sd3 / flux: the pipeline
     directory written by ``save_pretrained`` (never downloaded)."""
     resolution: int = Field(512, ge=16)
-    """sd3 / flux: image side in pixels (latents are resolution/8)."""
+    """sd3 / flux / flux2 / zimage / wan: image (frame) side in pixels (latents are resolution/8)."""
+    frames: int = Field(1, ge=1)
+    """wan: frames per video (frames − 1 a multiple of the VAE's temporal factor, 4: e.g. 81 = 5 s at 16 fps); the
+    image models make one (a value other than 1 with them is an error)."""
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """sd3 / flux: weights of the frozen parts (text encoders, VAE, the base under LoRA): bf16 | fp16 | fp32.
     Trained weights are fp32 (LoRA adapters; the whole transformer when lora_rank = 0)."""
@@ -118,6 +121,9 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.kind != "wan" and self.frames != 1:
+            raise ValueError(f"model.frames={self.frames} is a video setting; model.kind={self.kind} makes images "
+                             "(model.kind=wan for video)")
         if self.lora_rank > 0 and not self.lora_targets:
             raise ValueError("model.lora_targets is empty: name the modules the adapter wraps")
         return self

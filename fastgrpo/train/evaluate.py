@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..models import TextEmbeddings
+from . import video
 from .rollout import sample
 
 EVAL_SEED = 12345
@@ -198,10 +199,10 @@ def evaluate(backbone, denoise, task, sigmas: Tensor, sampling, *, seeds: int, b
                 traj = sample(denoise, noise[start:start + n].to(device), sigmas, backbone.encode_prompts(part.texts),
                               uncond, guidance=sampling.guidance, eta=sampling.eta, family=sampling.family)
             images = backbone.decode(traj.latents)
-            for key, value in task.scores(images, part).items():
+            for key, value in video.per_video(task.scores, images, part).items():
                 parts.setdefault(key, []).append(value.detach().float().cpu())
-            if start < min(count, GRID_PER_SET):  # seed 0 comes first
-                grid.append(images[:max(0, min(count, GRID_PER_SET) - start)].float().cpu())
+            if start < min(count, GRID_PER_SET):  # seed 0 comes first; a video as its frames side by side
+                grid.append(video.preview(images[:max(0, min(count, GRID_PER_SET) - start)]).float().cpu())
         scores = {key: torch.cat(chunks).view(seeds, count).t() for key, chunks in parts.items()}
         groups = {g: m.cpu() for g, m in task.groups(prompts).items()}
         result.sets[name] = SetResult(prompts.texts, scores, torch.cat(grid), groups)

@@ -33,7 +33,7 @@ from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
 from ..models.attention import set_attention_backend
 from ..models.compile import compile_transformer
 from ..models.lora import has_lora
-from . import atomic, checkpoint, distributed, evaluate as evaluation, report
+from . import atomic, checkpoint, distributed, evaluate as evaluation, report, video
 from .config import TrainConfig, dump_config, to_dict
 from .overlap import RewardQueue, resolve_schedule
 from .rollout import sample, sample_dpm
@@ -231,11 +231,11 @@ class Trainer:
     def reward(self, latents: torch.Tensor, prompts: Prompts, combined: bool = False) -> torch.Tensor:
         """(B,) rewards of the decoded latents, or (B, K) per-reward columns (``reward.aggregate=zscore_sum``)
         unless ``combined`` (then their weighted sum)."""
-        images = self.backbone.decode(latents)
+        images = self.backbone.decode(latents)  # a video model's: (B, 3, F, H, W), scored frame by frame
         if self.multi_columns:
-            matrix = self.task.reward_matrix(images, prompts)
+            matrix = video.per_video(self.task.reward_matrix, images, prompts)
             return matrix @ self.task.weights.to(matrix.device) if combined else matrix
-        return self.task.reward(images, prompts)
+        return video.per_video(self.task.reward, images, prompts)
 
     def reward_queue(self, combined: bool = False) -> RewardQueue:
         """Where a rollout submits each group's latents and prompts for their rewards (``reward.schedule``;
