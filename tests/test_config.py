@@ -126,7 +126,7 @@ def test_bool_words_on_the_command_line(text, want):
     ("optim.lr=fast", r"'optim\.lr' = 'fast': Input should be a valid number"),
     ("optim.lr=nan", r"'optim\.lr' = 'nan': Input should be greater than 0"),
     ("eval_batch=true", r"'eval_batch' = True: expects a number"),
-    ("model.kind=[sd3]", r"'model\.kind' = \['sd3'\]: Input should be 'world', 'sd3', 'flux', 'flux2', 'zimage' or 'wan'"),
+    ("model.kind=[sd3]", r"'model\.kind' = \['sd3'\]: Input should be 'world', 'sd3', 'flux', 'flux2', 'qwenimage', 'zimage' or 'wan'"),
     ("out_dir={a: 1}", r"'out_dir' = \{'a': 1\}: Input should be a valid string"),
 ])
 def test_wrong_types_on_the_command_line_name_the_key(override, message):
@@ -139,7 +139,7 @@ def test_wrong_types_on_the_command_line_name_the_key(override, message):
     ("group_size: true", r"'group_size' = True: expects a number, not true/false"),
     ("group_size: 2.5", r"'group_size' = 2\.5: Input should be a valid integer"),
     ("optim: {lr: true}", r"'optim\.lr' = True: expects a number"),
-    ("model: {kind: [sd3]}", r"'model\.kind' = \['sd3'\]: Input should be 'world', 'sd3', 'flux', 'flux2', 'zimage' or 'wan'"),
+    ("model: {kind: [sd3]}", r"'model\.kind' = \['sd3'\]: Input should be 'world', 'sd3', 'flux', 'flux2', 'qwenimage', 'zimage' or 'wan'"),
     ("device: true", r"'device' = True: Input should be a valid string"),
     ("data: {train_prompts: {a: 1}}", r"'data\.train_prompts' = \{'a': 1\}: Input should be a valid string"),
     ("window: 4", r"'window' is a section"),
@@ -160,7 +160,7 @@ def test_numbers_convert_where_exact(tmp_path):
 
 
 def test_closed_choices_list_the_allowed_values():
-    with pytest.raises(ValueError, match="'model.kind' = 'sdxl': Input should be 'world', 'sd3', 'flux', 'flux2', 'zimage' or 'wan'$"):
+    with pytest.raises(ValueError, match="'model.kind' = 'sdxl': Input should be 'world', 'sd3', 'flux', 'flux2', 'qwenimage', 'zimage' or 'wan'$"):
         load_config(None, ("model.kind=sdxl",))
     with pytest.raises(ValueError, match="'window.schedule' = 'sliding': Input should be 'progressive', 'frozen', "
                                          "'random', 'linear_decay' or 'exp_decay'"):

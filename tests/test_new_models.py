@@ -1,7 +1,7 @@
-"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] (``flux2``) and Wan text-to-video (``wan``) —
-on tiny pipelines built from configs in code, saved and reloaded: the backbone's ODE equals the pipeline's own
-sampling loop from the same noise (time and sign conventions, Z-Image's per-prompt caption lengths, FLUX.2's
-packing and VAE batch norm, Wan's 5-D latents), and each trains through the CLI with LoRA and fully, first ratio
+"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] (``flux2``), Qwen-Image (``qwenimage``) and Wan
+text-to-video (``wan``) — on tiny pipelines built from configs in code, saved and reloaded: the backbone's ODE equals
+the pipeline's own sampling loop from the same noise (time and sign conventions, Z-Image's and Qwen-Image's
+per-prompt caption lengths, FLUX.2's packing and VAE batch norm, Wan's 5-D latents), and each trains through the CLI with LoRA and fully, first ratio
 exactly 1, resume bit for bit; another family's directory is an error naming the pipeline class; videos are scored
 frame by frame; video settings on an image model are rejected."""
 import json
@@ -22,7 +22,8 @@ from fastgrpo.train.schedule import sigmas as sigma_grid
 PROMPTS = ["a red cat", "a blue dog on the square", "a green circle", "a photo of a dog"]
 
 
-KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline", "wan": "WanPipeline"}
+KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
+         "wan": "WanPipeline"}
 SIZE = {"wan": ("model.resolution=16", "model.frames=5")}
 """Per kind: the tiny size (Wan: 5 frames → 3 latent frames at the tiny VAE's temporal factor 2)."""
 

@@ -3,7 +3,7 @@ velocity call — behind one interface, so the loop is the same for the embedded
 
 ``load_backbone(config.model, device)`` picks by ``model.kind``: ``world`` (the embedded shapes world), ``sd3``
 (a local diffusers StableDiffusion3Pipeline directory), ``flux`` (a local FluxPipeline directory), ``flux2`` (a
-local Flux2KleinPipeline directory), ``zimage`` (a local ZImagePipeline directory) or ``wan`` (a local WanPipeline
+local Flux2KleinPipeline directory), ``qwenimage`` (a local QwenImagePipeline directory), ``zimage`` (a local ZImagePipeline directory) or ``wan`` (a local WanPipeline
 directory: text-to-video).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from .base import Backbone, TextEmbeddings
 from .lora import add_lora, adapters_disabled
 
-KINDS = ("world", "sd3", "flux", "flux2", "zimage", "wan")
+KINDS = ("world", "sd3", "flux", "flux2", "qwenimage", "zimage", "wan")
 
 
 def load_backbone(model_cfg, device) -> Backbone:
@@ -29,6 +29,9 @@ def load_backbone(model_cfg, device) -> Backbone:
     elif model_cfg.kind == "flux2":
         from .flux2 import Flux2Backbone
         backbone = Flux2Backbone.from_pretrained(model_cfg, device)
+    elif model_cfg.kind == "qwenimage":
+        from .qwenimage import QwenImageBackbone
+        backbone = QwenImageBackbone.from_pretrained(model_cfg, device)
     elif model_cfg.kind == "wan":
         from .wan import WanBackbone
         backbone = WanBackbone.from_pretrained(model_cfg, device)

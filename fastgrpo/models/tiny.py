@@ -1,8 +1,8 @@
 """Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
 
-* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "wan" | "zimage", directory)``: a few-layer
-  StableDiffusion3Pipeline / FluxPipeline / Flux2KleinPipeline / WanPipeline / ZImagePipeline (random weights,
-  word-level tokenizers) written with
+* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "qwenimage" | "wan" | "zimage", directory)``: a few-layer
+  StableDiffusion3Pipeline / FluxPipeline / Flux2KleinPipeline / QwenImagePipeline / WanPipeline / ZImagePipeline
+  (random weights, word-level tokenizers) written with
   ``save_pretrained``, loadable by ``model.path`` exactly as a downloaded directory of that family is;
 * ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
   and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
@@ -63,8 +63,8 @@ def _vae(latent_channels: int, shift: float | None):
 
 
 def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` ("sd3", "flux", "flux2", "wan" or "zimage") pipeline to ``directory`` (random weights;
-    VAE factor 2, Wan's temporal factor 2)."""
+    """Write a tiny ``kind`` ("sd3", "flux", "flux2", "qwenimage", "wan" or "zimage") pipeline to ``directory``
+    (random weights; VAE factor 2, Wan's temporal factor 2)."""
     torch.manual_seed(seed)
     directory = Path(directory)
     if kind == "sd3":
@@ -134,8 +134,30 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
                                            num_heads=2, pad_token_id=0, eos_token_id=2))
         pipe = WanPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
                            text_encoder=text, tokenizer=word_tokenizer(16))
+    elif kind == "qwenimage":
+        from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                               QwenImageTransformer2DModel)
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=16, axes_dims_rope=(4, 6, 6))
+        vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1,
+                                     temperal_downsample=[False], latents_mean=[0.1, -0.2, 0.0, 0.3],
+                                     latents_std=[1.5, 0.8, 1.0, 2.0])
+        text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=len(WORDS) + 3, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                             pad_token_id=0, eos_token_id=2, bos_token_id=2,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "mrope_section": [2, 1, 1]}),
+            vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
+                               fullatt_block_indexes=[0]),
+            pad_token_id=0, eos_token_id=2, bos_token_id=2))
+        pipe = QwenImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+                                 vae=vae, text_encoder=text, tokenizer=word_tokenizer(64))
     else:
-        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2', 'wan' or 'zimage', got {kind!r}")
+        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2', 'qwenimage', 'wan' or 'zimage', got {kind!r}")
     pipe.save_pretrained(str(directory))
     return directory
 

@@ -56,15 +56,16 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    kind: Literal["world", "sd3", "flux", "flux2", "zimage", "wan"] = "world"
+    kind: Literal["world", "sd3", "flux", "flux2", "qwenimage", "zimage", "wan"] = "world"
     """world (the embedded shapes world) | sd3 (a local StableDiffusion3Pipeline directory, SD3 / SD3.5) | flux
-    (a local FluxPipeline directory) | flux2 (a local Flux2KleinPipeline directory, FLUX.2 [klein]) | zimage (a local
-    ZImagePipeline directory) | wan (a local WanPipeline directory, Wan2.1 / 2.2 text-to-video)."""
+    (a local FluxPipeline directory) | flux2 (a local Flux2KleinPipeline directory, FLUX.2 [klein]) | qwenimage (a
+    local QwenImagePipeline directory) | zimage (a local ZImagePipeline directory) | wan (a local WanPipeline
+    directory, Wan2.1 / 2.2 text-to-video)."""
     path: Optional[str] = None
     """world: its weights (safetensors; null = the weights shipped in the package); sd3 / flux: the pipeline
     directory written by ``save_pretrained`` (never downloaded)."""
     resolution: int = Field(512, ge=16)
-    """sd3 / flux / flux2 / zimage / wan: image (frame) side in pixels (latents are resolution/8)."""
+    """The pipeline models: image (frame) side in pixels (latents are resolution/8)."""
     frames: int = Field(1, ge=1)
     """wan: frames per video (frames − 1 a multiple of the VAE's temporal factor, 4: e.g. 81 = 5 s at 16 fps); the
     image models make one (a value other than 1 with them is an error)."""
