@@ -147,6 +147,29 @@ class PipelineTextEncoders:
         return released
 
 
+def padded_tokens(tokens: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """One prompt's (n, D) token embeddings as the cache keeps text of varying length: zero-padded to
+    (1, ``length``, D), with n as a (1, 1) tensor in the pooled slot (the models that use it have no pooled
+    embedding); the velocity call takes each prompt's first n tokens back."""
+    hidden = tokens.new_zeros(1, length, tokens.shape[-1])
+    hidden[0, :tokens.shape[0]] = tokens
+    return hidden, torch.tensor([[float(tokens.shape[0])]], device=tokens.device)
+
+
+def decode_video_vae(vae, latents: Tensor, chunk: int = 8) -> Tensor:
+    """5-D latents (B, C, F, h, w) → videos (B, 3, F', H, W) in [0, 1] through a Wan-family VAE: ``x·std + mean`` per
+    channel (its config's ``latents_std`` / ``latents_mean``, as its pipelines undo them), ``chunk`` at a time."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents.device)
+    dtype = next(vae.parameters()).dtype
+    out = []
+    with torch.no_grad():
+        for part in latents.split(chunk):
+            video = vae.decode((part.float() * std + mean).to(dtype), return_dict=False)[0]
+            out.append((video.float() * 0.5 + 0.5).clamp(0, 1))
+    return torch.cat(out)
+
+
 def freeze(module: nn.Module | None, device, dtype) -> nn.Module | None:
     if module is None:
         return None

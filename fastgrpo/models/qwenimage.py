@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, load_pipeline
+from .base import (Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_video_vae, load_pipeline,
+                   padded_tokens)
 
 
 class QwenImageBackbone(Backbone):
@@ -39,9 +40,7 @@ class QwenImageBackbone(Backbone):
         @torch.no_grad()
         def encode(texts):
             tokens, _ = pipe.encode_prompt(list(texts), device=device, max_sequence_length=length)
-            hidden = tokens.new_zeros(1, length, tokens.shape[-1])
-            hidden[0, :tokens.shape[1]] = tokens[0]
-            return hidden, torch.tensor([[float(tokens.shape[1])]], device=tokens.device)
+            return padded_tokens(tokens[0], length)
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
         backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
@@ -62,15 +61,5 @@ class QwenImageBackbone(Backbone):
 
         return QwenImagePipeline._unpack_latents(latents, self.resolution, self.resolution, self.vae_scale)
 
-    def decode(self, latents: Tensor, chunk: int = 8) -> Tensor:
-        config = self.vae.config
-        dtype = next(self.vae.parameters()).dtype
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device)
-        std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1).to(latents.device)
-        out = []
-        with torch.no_grad():
-            for part in latents.split(chunk):
-                x = self.unpack(part.float()) * std + mean
-                image = self.vae.decode(x.to(dtype), return_dict=False)[0][:, :, 0]
-                out.append((image.float() * 0.5 + 0.5).clamp(0, 1))
-        return torch.cat(out)
+    def decode(self, latents: Tensor) -> Tensor:
+        return decode_video_vae(self.vae, self.unpack(latents))[:, :, 0]  # its VAE is a video VAE: one frame

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, load_pipeline
+from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_video_vae, load_pipeline
 
 
 class WanBackbone(Backbone):
@@ -57,14 +57,5 @@ class WanBackbone(Backbone):
         return transformer(hidden_states=latents.to(dtype), timestep=sigma * 1000.0,
                            encoder_hidden_states=text.hidden.to(dtype), return_dict=False)[0]
 
-    def decode(self, latents: Tensor, chunk: int = 2) -> Tensor:
-        config = self.vae.config
-        dtype = next(self.vae.parameters()).dtype
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1).to(latents.device)
-        std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1).to(latents.device)
-        out = []
-        with torch.no_grad():
-            for part in latents.split(chunk):
-                video = self.vae.decode((part.float() * std + mean).to(dtype), return_dict=False)[0]
-                out.append((video.float() * 0.5 + 0.5).clamp(0, 1))
-        return torch.cat(out)
+    def decode(self, latents: Tensor) -> Tensor:
+        return decode_video_vae(self.vae, latents, chunk=2)  # a video's decode holds all its frames at once

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline
+from .base import (Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline,
+                   padded_tokens)
 
 
 class ZImageBackbone(Backbone):
@@ -41,9 +42,7 @@ class ZImageBackbone(Backbone):
         def encode(texts):
             (tokens,), _ = pipe.encode_prompt(list(texts), device=device, do_classifier_free_guidance=False,
                                               max_sequence_length=length)
-            hidden = tokens.new_zeros(1, length, tokens.shape[-1])
-            hidden[0, :tokens.shape[0]] = tokens
-            return hidden, torch.tensor([[float(tokens.shape[0])]], device=tokens.device)
+            return padded_tokens(tokens, length)
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
         backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))

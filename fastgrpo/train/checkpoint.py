@@ -36,9 +36,17 @@ def save(out_dir: str | os.PathLike, iteration: int, weights: dict, state: dict,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX))
+    return _publish(out, tmp, iteration, state, keep, lambda: save_file(
+        {k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors")))
+
+
+def _publish(out: Path, tmp: Path, iteration: int, state: dict, keep: int, write=None) -> Path:
+    """Finish a save in ``tmp``: ``write()`` the weights (when not written yet), ``state.pt``, fsync, rename to a
+    name no earlier save used, switch ``latest``, prune. ``tmp`` is removed if anything fails before the rename."""
     final = out / f"ckpt-{iteration:06d}-{tmp.name.removeprefix(TMP_PREFIX)}"
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        if write is not None:
+            write()
         torch.save(state, tmp / "state.pt")
         atomic.fsync_tree(tmp)
         os.replace(tmp, final)  # a fresh name (mkdtemp's suffix is unique in `out`): nothing is replaced
@@ -141,19 +149,7 @@ def save_sharded(out_dir: str | os.PathLike, iteration: int, trained, optimizer,
     model_state, optim_state = get_state_dict(trained, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))  # fsyncs its files
     dist.barrier()
-    final = None
-    if rank == 0:
-        try:
-            torch.save(state, tmp / "state.pt")
-            atomic.fsync_tree(tmp)
-            final = out / f"ckpt-{iteration:06d}-{tmp.name.removeprefix(TMP_PREFIX)}"
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        atomic.fsync_dir(out)
-        atomic.write_text(out / "latest", final.name + "\n")
-        _prune(out, final, keep)
+    final = _publish(out, tmp, iteration, state, keep) if rank == 0 else None
     dist.barrier()
     return final
 
