@@ -1,8 +1,8 @@
 """model.compile: torch.compile of the whole transformer or of each block (inductor on this CPU; the world, and a tiny
-FLUX pipeline) against the eager run of the same seeds — equal within float32 tolerances, the first PPO ratio exactly 1 (an evaluation compiled first,
-then anchors, rollouts and replays: more block variants than dynamo's default limit of 8, past which blocks ran
-eager and the replay departed from the rollout by one ulp), resume bit-exact with compile on — and the eager
-fallback with one warning naming the reason."""
+FLUX pipeline) against the eager run of the same seeds — equal within float32 tolerances, the first PPO ratio
+exactly 1 (an evaluation compiled first, then anchors, rollouts and replays: more block variants than dynamo's
+default limit of 8, past which blocks ran eager and the replay departed from the rollout by one ulp), resume
+bit-exact with compile on — and the eager fallback with one warning naming the reason."""
 import shutil
 
 import pytest
