@@ -35,6 +35,8 @@ VARIANTS = {
                         "window.flash_min_steps=4"),
 }
 STAGES = ("t_select", "t_rollout", "t_advantage", "t_update")
+QUICK = ("adagrpo.candidates=2", "adagrpo.keep=1", "group_size=4")
+"""--quick (the README test's smoke run): one prompt × 4 samples instead of 4 × 8, the same schedules."""
 TARGETS = (("mixgrpo", 0.5), ("flash_star", 0.3))
 
 
@@ -71,14 +73,16 @@ def main(quick: bool = False, out_dir: str | None = None):
     device = common.pick_device()
     iterations = 2 if quick else ITERATIONS
     rows, notes = [], [
-        f"Embedded shapes world, T = 25, shift 3, 8 candidates (4-step DPM-Solver++ anchors, the default) → 4 prompts "
-        f"× 8 samples per iteration, on {device.type}; "
+        (f"Embedded shapes world, T = 25, shift 3, quick: {' '.join(QUICK)}, on {device.type}; " if quick else
+         f"Embedded shapes world, T = 25, shift 3, 8 candidates (4-step DPM-Solver++ anchors, the default) → 4 "
+         f"prompts × 8 samples per iteration, on {device.type}; ") +
         f"median of {iterations} iterations after one warm-up. Stages are the trainer's own timers (seconds).",
     ]
+    size = QUICK if quick else ("adagrpo.candidates=8", "adagrpo.keep=4", "group_size=8")
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS.items():
-            cfg = load_config(None, overrides + ("sampling.steps=25", "adagrpo.candidates=8", "adagrpo.keep=4", "group_size=8",
-                                                 f"device={device.type}", f"out_dir={tmp}/{name}"))
+            cfg = load_config(None, overrides + ("sampling.steps=25", *size, f"device={device.type}",
+                                                 f"out_dir={tmp}/{name}"))
             row = {"variant": name, **measure(Trainer(cfg), iterations)}
             rows.append(row)
             print(f"{name}: {row['iteration']:.2f} s/iteration", flush=True)

@@ -284,3 +284,20 @@ def test_a_run_scores_through_a_reward_server_while_it_rolls_out(tmp_path):
         metrics = trainer.step()
     assert calls == [2, 3, 3]  # the two anchors, then each group while the next one rolled out
     assert math.isfinite(metrics["reward"]) and math.isfinite(metrics["loss"])
+
+
+def test_the_batcher_holds_back_another_size_and_stops_when_told_mid_batch():
+    from fastgrpo.rewards.serve import Batcher
+
+    scorer = Gated()
+    batcher = Batcher(scorer, max_batch=64)
+    first = batcher.submit(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None)
+    assert scorer.entered.wait(timeout=20)  # scoring the first request, held at the gate
+    other = batcher.submit(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), None)  # another size: a batch of its own
+    same = batcher.submit(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), None)
+    batcher._queue.put(None)  # the stop sentinel, queued behind them (what close() sends)
+    scorer.gate.set()
+    assert first.result(timeout=20).shape == (2,) and other.result(timeout=20).shape == (1,)
+    assert same.result(timeout=20).shape == (1,)
+    batcher._thread.join(timeout=5)
+    assert not batcher._thread.is_alive() and scorer.sizes == [2, 1, 1]

@@ -77,10 +77,12 @@ def check_backend(name: str, device: torch.device) -> Backend:
     if backend.cuda and device.type != "cuda":
         raise RuntimeError(f"model.attention_backend={name!r} ({backend.what}) runs on CUDA only, and device is "
                            f"{str(device)!r}; use native or native_math there")
-    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+    from diffusers.models import attention_dispatch
 
+    check = getattr(attention_dispatch, "_check_attention_backend_requirements", None)  # private: may move
     try:  # diffusers' own version checks (e.g. flash-attn too old)
-        _check_attention_backend_requirements(AttentionBackendName(backend.dispatch))
+        if check is not None:
+            check(attention_dispatch.AttentionBackendName(backend.dispatch))
     except RuntimeError as err:
         raise RuntimeError(f"model.attention_backend={name!r}: {err} ({backend.install or 'a newer torch'})") from err
     return backend

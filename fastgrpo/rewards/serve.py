@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+_NOTHING = object()
+
+
 class Batcher:
     """One worker thread scoring queued requests, several at a time when they share an image size."""
 
@@ -47,10 +50,10 @@ class Batcher:
         self._thread.join(timeout=10)
 
     def _work(self) -> None:
-        held = None
+        held = _NOTHING  # a request taken from the queue that did not fit the last batch (or the stop sentinel)
         while True:
-            item = held if held is not None else self._queue.get()
-            held = None
+            item = held if held is not _NOTHING else self._queue.get()
+            held = _NOTHING
             if item is None:
                 return
             batch = [item]
