@@ -158,11 +158,8 @@ def test_unknown_and_hub_backends_are_refused():
         load_config(None, ["model.attention_backend=flash_hub"])
 
 
-def test_the_config_offers_exactly_the_backends():
-    from typing import get_args
-
+def test_the_default_backend_is_native():
     from fastgrpo.train.config import ModelConfig
-    assert set(get_args(ModelConfig.model_fields["attention_backend"].annotation)) == set(attention.BACKENDS)
     assert ModelConfig().attention_backend == "native"
 
 

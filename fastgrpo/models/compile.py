@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 RECOMPILE_LIMIT = 64
 """Compiled variants kept per block forward (dynamo's default: 8)."""
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "layers")
-SCOPES = ("transformer", "blocks")
 """The repeated blocks of the diffusers transformers fastgrpo trains (SD3: the first; FLUX: the first two; Z-Image:
 ``layers``)."""
+SCOPES = ("transformer", "blocks")
+"""What ``model.compile_scope`` may name (the config's choices are this tuple)."""
 
 
 def why_not(device: torch.device) -> str | None:

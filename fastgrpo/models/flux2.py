@@ -36,6 +36,8 @@ class Flux2Backbone(Backbone):
         grid = torch.zeros(1, 1, self.side, self.side)
         self.img_ids = Flux2KleinPipeline._prepare_latent_ids(grid)[0].to(device)
         self.guidance = guidance if transformer.config.guidance_embeds else None
+        self._txt_ids = None
+        """Text position ids (0, 0, 0, token) for the cached sequence length (the same for every prompt)."""
         self.encode_prompts = EmbeddingCache(encode, cache_size)
 
     @classmethod
@@ -60,8 +62,10 @@ class Flux2Backbone(Backbone):
         from diffusers import Flux2KleinPipeline
 
         dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype
-        batch = latents.shape[0]
-        txt_ids = Flux2KleinPipeline._prepare_text_ids(text.hidden).to(latents.device)
+        batch, length = text.hidden.shape[:2]
+        if self._txt_ids is None or self._txt_ids.shape[0] != length:  # built once, not per call on the host
+            self._txt_ids = Flux2KleinPipeline._prepare_text_ids(text.hidden[:1])[0].to(latents.device)
+        txt_ids = self._txt_ids.expand(batch, -1, -1)
         guidance = None if self.guidance is None else torch.full_like(sigma, self.guidance)
         return transformer(hidden_states=latents.to(dtype), timestep=sigma, guidance=guidance,
                            encoder_hidden_states=text.hidden.to(dtype), txt_ids=txt_ids,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from ..models.attention import BACKENDS as ATTENTION_BACKENDS
+from ..models.compile import SCOPES as COMPILE_SCOPES
 from ..reference.flow_step import FAMILIES, LOGPROBS
 from .overlap import SCHEDULES as REWARD_SCHEDULES
 
@@ -104,7 +105,7 @@ class ModelConfig(Section):
     first iteration took 114 s from an empty inductor cache (11.3 s warm) — a fresh machine's first 80-iteration
     run ends ≈ 20 s later, a second run or a longer one gains. Where compilation is impossible (no C++ compiler,
     no triton on CUDA, an old torch) one warning names the reason and the run goes on eager."""
-    compile_scope: Literal["transformer", "blocks"] = "transformer"
+    compile_scope: Literal[COMPILE_SCOPES] = "transformer"
     """What ``compile`` compiles: the whole transformer forward (on the world 1.62–1.82× eager) or each repeated
     block (regional: 1.17–1.28× on the world — the Python around the blocks stays — but one block traced and its
     code reused, far less compile time on a 24- or 57-block SD3.5 / FLUX, and the form FSDP2's per-block sharding
