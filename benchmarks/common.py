@@ -139,9 +139,22 @@ def randn(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, device=device, dtype=torch.float32).to(dtype)
 
 
-def bench(fn: Callable[[], object], device: torch.device, budget_s: float = 1.0) -> float:
+BUDGET_S = {False: 1.0, True: 0.2}  # CPU seconds of timed runs per measurement: full run, --quick
+_budget_s = BUDGET_S[False]
+
+
+def configure(quick: bool) -> None:
+    """Called by ``fastgrpo bench`` before any benchmark: ``--quick`` (a smoke run, not a figure to report) gives
+    each CPU measurement 0.2 s instead of 1 s."""
+    global _budget_s
+    _budget_s = BUDGET_S[bool(quick)]
+
+
+def bench(fn: Callable[[], object], device: torch.device, budget_s: float | None = None) -> float:
     """Median wall time of ``fn()`` in ms. CUDA: ``do_bench`` (25 ms warm-up, 100 ms of runs, L2 flushed);
-    CPU: two warm-up calls, then at least 5 and at most 100 runs within ``budget_s``."""
+    CPU: two warm-up calls, then at least 5 and at most 100 runs within ``budget_s`` (default: 1 s, 0.2 s after
+    ``configure(quick=True)``)."""
+    budget_s = _budget_s if budget_s is None else budget_s
     if device.type == "cuda":
         from triton.testing import do_bench
         return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))

@@ -41,6 +41,7 @@ def run(name: Optional[str], quick: bool, out_dir: Optional[str]) -> int:
     root = str(folder.parent)
     if sys.path[:1] != [root]:  # ahead of any other importable ``benchmarks``
         sys.path.insert(0, root)
+    importlib.import_module("benchmarks.common").configure(quick)
     code = 0
     for bench in [name] if name is not None else names:
         module = importlib.import_module(f"benchmarks.bench_{bench}")
