@@ -1,5 +1,6 @@
 """Sharded checkpoints under FSDP2 (full fine-tuning on several ranks): each of 2 gloo ranks writes its own part
-through torch.distributed.checkpoint, nothing is gathered; resuming at world size 2 continues bit for bit (the
+through torch.distributed.checkpoint, nothing is gathered (in the background by default, blocking with
+``checkpoint_async=false``: the same bytes); resuming at world size 2 continues bit for bit (the
 weights after iteration 2 equal an uninterrupted run's), and at world size 1 the weights and the AdamW state loaded
 equal what the two ranks held when they saved. ``fastgrpo eval`` reads the shards on one process; LoRA runs keep
 one safetensors file."""
@@ -13,10 +14,11 @@ TINY = ("sampling.steps=3", "window.size=1", "adagrpo.candidates=4", "adagrpo.ke
         "eval_every=0", "checkpoint_every=1", "model.lora_rank=0", "distributed=fsdp")
 
 
-def _worker(rank, init, out, iterations, resume, result):
+def _worker(rank, init, out, iterations, resume, result, extra):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     try:
-        trainer = Trainer(load_config(None, TINY + (f"iterations={iterations}", f"out_dir={out}")), resume=resume)
+        trainer = Trainer(load_config(None, TINY + (f"iterations={iterations}", f"out_dir={out}", *extra)),
+                          resume=resume)
         assert trainer.sharded
         trainer.run(progress=False)
         weights = distributed.full_weights(trainer.trained, trainer.model, False, all_ranks=True)
@@ -27,16 +29,16 @@ def _worker(rank, init, out, iterations, resume, result):
         torch.distributed.destroy_process_group()
 
 
-def _spawn(tmp_path, tag, out, iterations, resume=None):
+def _spawn(tmp_path, tag, out, iterations, resume=None, extra=()):
     result = mp.Manager().dict()
-    mp.spawn(_worker, args=(str(tmp_path / f"init-{tag}"), str(out), iterations, resume and str(resume), result),
-             nprocs=2)
+    mp.spawn(_worker, args=(str(tmp_path / f"init-{tag}"), str(out), iterations, resume and str(resume), result,
+                            tuple(extra)), nprocs=2)
     return dict(result)
 
 
 def test_sharded_checkpoints_resume_at_two_ranks_and_at_one(tmp_path):
-    full = _spawn(tmp_path, "full", tmp_path / "full", 2)
-    half = _spawn(tmp_path, "half", tmp_path / "half", 1)
+    full = _spawn(tmp_path, "full", tmp_path / "full", 2)  # checkpoint_async (the default): written in background
+    half = _spawn(tmp_path, "half", tmp_path / "half", 1, extra=["checkpoint_async=false"])
     saved = ckpt.latest(tmp_path / "half")
     parts = sorted(p.name for p in (saved / ckpt.SHARDS).iterdir())
     assert "__0_0.distcp" in parts and "__1_0.distcp" in parts and ".metadata" in parts  # each rank wrote its part
@@ -54,6 +56,14 @@ def test_sharded_checkpoints_resume_at_two_ranks_and_at_one(tmp_path):
     for name, values in half["optim"].items():
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(torch.as_tensor(optim[name][key]), torch.as_tensor(values[key])), (name, key)
+
+    # the background save of iteration 1 holds iteration 1's weights, though iteration 2 trained on while it was
+    # being written: equal to the blocking save's
+    first = min(ckpt.latest(tmp_path / "full").parent.glob("ckpt-000001-*"))
+    ckpt.load_shards(first, single.model)
+    state = single.model.state_dict()
+    assert all(torch.equal(state[k], half["weights"][k]) for k in state)
+    assert not any((tmp_path / "full").glob(ckpt.TMP_PREFIX + "*"))  # every save published
 
     # world size 2: the continuation equals the uninterrupted run
     resumed = _spawn(tmp_path, "resumed", tmp_path / "half", 2, resume=tmp_path / "half")

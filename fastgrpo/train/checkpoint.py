@@ -40,14 +40,16 @@ def save(out_dir: str | os.PathLike, iteration: int, weights: dict, state: dict,
         {k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors")))
 
 
-def _publish(out: Path, tmp: Path, iteration: int, state: dict, keep: int, write=None) -> Path:
-    """Finish a save in ``tmp``: ``write()`` the weights (when not written yet), ``state.pt``, fsync, rename to a
-    name no earlier save used, switch ``latest``, prune. ``tmp`` is removed if anything fails before the rename."""
+def _publish(out: Path, tmp: Path, iteration: int, state: dict | None, keep: int, write=None) -> Path:
+    """Finish a save in ``tmp``: ``write()`` the weights (when not written yet), ``state.pt`` (unless ``state`` is
+    None: written already), fsync, rename to a name no earlier save used, switch ``latest``, prune. ``tmp`` is
+    removed if anything fails before the rename."""
     final = out / f"ckpt-{iteration:06d}-{tmp.name.removeprefix(TMP_PREFIX)}"
     try:
         if write is not None:
             write()
-        torch.save(state, tmp / "state.pt")
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
         atomic.fsync_tree(tmp)
         os.replace(tmp, final)  # a fresh name (mkdtemp's suffix is unique in `out`): nothing is replaced
     finally:
@@ -128,11 +130,18 @@ SHARDS = "shards"
 the metadata that lets any world size read it back."""
 
 
-def save_sharded(out_dir: str | os.PathLike, iteration: int, trained, optimizer, state: dict, keep: int = 2):
+def save_sharded(out_dir: str | os.PathLike, iteration: int, trained, optimizer, state: dict, keep: int = 2,
+                 background=None):
     """Every rank writes its own shards of the weights and the optimiser state (``torch.distributed.checkpoint``,
     no gather on rank 0) into the same temporary directory; after a barrier rank 0 adds ``state.pt``, renames the
-    directory and switches ``latest`` as :func:`save` does. A collective: every rank calls it. The path on rank 0,
-    None elsewhere. Several nodes need ``out_dir`` on a file system they share."""
+    directory and switches ``latest`` as :func:`save` does. A collective: every rank calls it. Several nodes need
+    ``out_dir`` on a file system they share.
+
+    Returns a :class:`PendingSave`, whose ``finish()`` (a collective) publishes. ``background``: None — the shards
+    are written before this returns. A process group (gloo: its own, so the writer's collectives never interleave
+    with training's) — ``dcp.async_save``: the shards are copied to host memory now and written by a thread while
+    training goes on; ``finish()`` waits for the write and only then publishes. Until then ``latest`` names the
+    previous checkpoint, so a crash or a kill at any moment still leaves a complete one."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -146,12 +155,35 @@ def save_sharded(out_dir: str | os.PathLike, iteration: int, trained, optimizer,
         name = [Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX)).name]
     dist.broadcast_object_list(name, src=0)
     tmp = out / name[0]
+    if rank == 0:  # the training state of this iteration, written now (the run goes on changing it)
+        torch.save(state, tmp / "state.pt")
     model_state, optim_state = get_state_dict(trained, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))  # fsyncs its files
-    dist.barrier()
-    final = _publish(out, tmp, iteration, state, keep) if rank == 0 else None
-    dist.barrier()
-    return final
+    shards = {"model": model_state, "optim": optim_state}
+    if background is not None:
+        future = dcp.async_save(shards, checkpoint_id=str(tmp / SHARDS), process_group=background)
+        return PendingSave(out, tmp, iteration, keep, future)
+    dcp.save(shards, checkpoint_id=str(tmp / SHARDS))  # fsyncs its files
+    return PendingSave(out, tmp, iteration, keep, None)
+
+
+class PendingSave:
+    """A sharded save whose shards may still be being written (:func:`save_sharded` with ``background``)."""
+
+    def __init__(self, out: Path, tmp: Path, iteration: int, keep: int, future):
+        self.out, self.tmp, self.iteration, self.keep, self.future = out, tmp, iteration, keep, future
+
+    def finish(self) -> Path | None:
+        """A collective: wait for this rank's shards, then (after a barrier) rank 0 publishes. The path on rank 0,
+        None elsewhere."""
+        import torch.distributed as dist
+
+        if self.future is not None:
+            self.future.result()  # re-raises the writer's error
+            self.future = None
+        dist.barrier()
+        final = _publish(self.out, self.tmp, self.iteration, None, self.keep) if dist.get_rank() == 0 else None
+        dist.barrier()
+        return final
 
 
 def shard_names(ckpt: Path) -> set[str]:

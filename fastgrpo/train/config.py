@@ -431,6 +431,11 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(10, ge=0)
     """Iterations between checkpoints (0 = none during the run; the end of a run, or a stop on SIGTERM, always
     saves once)."""
+    checkpoint_async: bool = True
+    """Sharded checkpoints (FSDP2 full fine-tuning on several ranks): copy the shards to host memory and write them
+    in the background while training goes on (``torch.distributed.checkpoint.async_save``); a save is published
+    (renamed, ``latest`` switched) once written — at the next save or the end of the run. false: every save blocks
+    until written. Single-file checkpoints (LoRA, one process) are always written at once."""
     out_dir: str = "runs/default"
     device: str = "cpu"
     distributed: Literal["ddp", "fsdp"] = "ddp"

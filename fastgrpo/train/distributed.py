@@ -92,3 +92,19 @@ def load_optimizer_state(trained: nn.Module, optimizer: torch.optim.Optimizer, s
         set_optimizer_state_dict(trained, optimizer, state, options=StateDictOptions(full_state_dict=True))
         return
     optimizer.load_state_dict(state)
+
+
+def checkpoint_group():
+    """A gloo process group of every rank for background checkpoint writers (``dcp.async_save``): its collectives
+    then never interleave with training's on the default group (torch's advice for async saving). None when this
+    torch has no ``async_save`` (saves then block). A collective: every rank calls it, in the same order."""
+    import logging
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    if not hasattr(dcp, "async_save"):
+        logging.getLogger(__name__).warning("checkpoint_async: this torch has no torch.distributed.checkpoint."
+                                            "async_save; sharded checkpoints are written before training goes on")
+        return None
+    return dist.new_group(backend="gloo")

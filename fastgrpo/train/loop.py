@@ -90,6 +90,10 @@ class Trainer:
         self.sharded = config.distributed == "fsdp" and self.world_size > 1 and not self.lora
         """Checkpoints as torch.distributed.checkpoint shards (FSDP2 full fine-tuning on several ranks); LoRA and
         single-process runs keep one safetensors file, loadable anywhere."""
+        self._background = distributed.checkpoint_group() if self.sharded and config.checkpoint_async else None
+        """The process group of background shard writers (``checkpoint_async``), None: saves block."""
+        self._pending = None
+        """The sharded save still being written (published at the next save or at the end of the run)."""
         self.params = [p for p in self.trained.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: the transformer has no trainable parameters")
@@ -202,6 +206,11 @@ class Trainer:
         self.history = state["history"]
         self._saved_at = self.iteration
 
+    def finish_save(self) -> Path | None:
+        """Publish the sharded save still being written in the background, if any (a collective: every rank)."""
+        pending, self._pending = self._pending, None
+        return pending.finish() if pending is not None else None
+
     def _weights(self) -> dict:
         """What a checkpoint holds: the LoRA adapter under LoRA, the whole transformer otherwise (gathered from
         every rank under FSDP)."""
@@ -209,9 +218,11 @@ class Trainer:
 
     def save(self) -> Path | None:
         if self.sharded:  # each rank writes its shards; no whole copy on rank 0
-            path = checkpoint.save_sharded(self.out, self.iteration, self.trained, self.optimizer, self._state())
+            path = self.finish_save()  # one save in flight at most
+            self._pending = checkpoint.save_sharded(self.out, self.iteration, self.trained, self.optimizer,
+                                                    self._state(), background=self._background)
             self._saved_at = self.iteration
-            return path
+            return path if self._background is not None else self.finish_save()
         weights, state = self._weights(), self._state()  # collectives under FSDP: every rank takes part
         path = checkpoint.save(self.out, self.iteration, weights, state) if self.rank == 0 else None
         if self.world_size > 1:
@@ -418,6 +429,7 @@ class Trainer:
                 signal.signal(s, handler)
         if self._saved_at != self.iteration:
             self.save()
+        self.finish_save()
         if main:
             self._before_after()
             if self._tracking is not None:
