@@ -1,4 +1,4 @@
-"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] (``flux2``), Qwen-Image (``qwenimage``) and Wan
+"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] and [dev] (``flux2``), Qwen-Image (``qwenimage``) and Wan
 text-to-video (``wan``) — on tiny pipelines built from configs in code, saved and reloaded: the backbone's ODE equals
 the pipeline's own sampling loop from the same noise (time and sign conventions, Z-Image's and Qwen-Image's
 per-prompt caption lengths, FLUX.2's packing and VAE batch norm, Wan's 5-D latents), and each trains through the CLI with LoRA and fully, first ratio
@@ -21,14 +21,16 @@ from fastgrpo.train.schedule import sigmas as sigma_grid
 PROMPTS = ["a red cat", "a blue dog on the square", "a green circle", "a photo of a dog"]
 
 
-KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
-         "wan": "WanPipeline"}
+KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline", "flux2_dev": "Flux2Pipeline",
+         "qwenimage": "QwenImagePipeline", "wan": "WanPipeline"}
+"""The tiny pipeline (``save_tiny_pipeline``'s kind) → its class; ``model.kind`` is the name before any ``_``."""
 SIZE = {"wan": ("model.resolution=16", "model.frames=5")}
 """Per kind: the tiny size (Wan: 5 frames → 3 latent frames at the tiny VAE's temporal factor 2)."""
 
 
 class Folder(type(Path())):
-    """The fixture's directory, which also says its model kind."""
+    """The fixture's directory, which also says its tiny pipeline and model kind."""
+    tiny: str
     kind: str
 
 
@@ -38,7 +40,7 @@ def folder(tmp_path_factory, request):
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     save_tiny_pipeline(request.param, root / "model")
     save_tiny_pipeline("sd3", root / "sd3")
-    root.kind = request.param
+    root.tiny, root.kind = request.param, request.param.split("_")[0]
     return root
 
 
@@ -55,7 +57,7 @@ def test_the_backbone_samples_as_the_pipeline_does(folder):
 
     cfg = load_config(None, _overrides(folder, folder / "unused"))
     backbone = load_backbone(cfg.model, torch.device("cpu"))
-    pipe = getattr(diffusers, KINDS[folder.kind]).from_pretrained(str(folder / "model"), local_files_only=True)
+    pipe = getattr(diffusers, KINDS[folder.tiny]).from_pretrained(str(folder / "model"), local_files_only=True)
     grid = sigma_grid(4, 1.0)  # the tiny pipelines' scheduler: shift 1, no dynamic shifting
     if folder.kind == "wan":  # WanPipeline takes no σ list: its scheduler's own grid
         pipe.scheduler.set_timesteps(4)
@@ -66,9 +68,12 @@ def test_the_backbone_samples_as_the_pipeline_does(folder):
         ours = sample(backbone.denoiser(backbone.transformer), noise, grid, backbone.encode_prompts(prompts), None,
                       guidance=1.0, eta=0.7, family="flow_sde").latents
         side = cfg.model.resolution
-        if folder.kind == "flux2":  # the pipeline takes the patchified latents unpacked and returns the VAE's
-            start = noise.transpose(1, 2).reshape(2, -1, backbone.side, backbone.side)
-            options, ours = dict(guidance_scale=1.0, sigmas=grid[:-1].tolist()), backbone.unpack(ours)
+        if folder.kind == "flux2":  # both take the patchified latents unpacked; [klein] returns the VAE's latents,
+            start = noise.transpose(1, 2).reshape(2, -1, backbone.side, backbone.side)  # [dev] the packed tokens
+            dev = folder.tiny == "flux2_dev"
+            guidance = cfg.model.flux_guidance if dev else 1.0  # [dev]: embedded guidance, no CFG
+            options = dict(guidance_scale=guidance, sigmas=grid[:-1].tolist())
+            ours = ours if dev else backbone.unpack(ours)
         elif folder.kind == "wan":
             start, options = noise, dict(guidance_scale=1.0, num_frames=cfg.model.frames)
         else:
@@ -110,7 +115,7 @@ def test_full_fine_tuning(folder, tmp_path):
 
 def test_another_familys_directory_is_an_error_naming_the_pipeline(folder):
     cfg = load_config(None, [o.replace(str(folder / "model"), str(folder / "sd3")) for o in _overrides(folder, "x")])
-    with pytest.raises(ValueError, match=f"cannot load it as a {KINDS[folder.kind]}"):
+    with pytest.raises(ValueError, match=f"cannot load it as a (.* or )?{KINDS[folder.tiny]}"):
         load_backbone(cfg.model, torch.device("cpu"))
 
 

@@ -1,13 +1,15 @@
-"""FLUX.2 [klein] from a local diffusers pipeline directory (``model.kind: flux2``; ``Flux2KleinPipeline``).
+"""FLUX.2 [dev] and [klein] from a local diffusers pipeline directory (``model.kind: flux2``; ``Flux2Pipeline`` or
+``Flux2KleinPipeline``, told apart by the directory's ``model_index.json``).
 
 Latents live packed, as the pipeline keeps them: the VAE's latents are patchified 2×2 (C → 4C channels at half the
 side) and flattened to (H/16 · W/16, 4C) tokens, with 4-axis position ids (t, h, w, layer). Text: the pipeline's own
-``encode_prompt`` — the chat-formatted prompt through Qwen3, hidden states of layers 9, 18 and 27 concatenated per
-token, padded to ``model.max_sequence_length`` — cached; text position ids (0, 0, 0, token). Velocity:
+``encode_prompt`` — the chat-formatted prompt (with [dev]'s system message) through the text encoder, hidden states
+of three layers concatenated per token ([klein]: Qwen3, layers 9, 18, 27; [dev]: Mistral-3 Small, layers 10, 20, 30),
+padded to ``model.max_sequence_length`` — cached; text position ids (0, 0, 0, token). Velocity:
 ``Flux2Transformer2DModel(x, timestep=σ, ...)`` is v itself (the pipeline steps its scheduler with it); the embedded
-guidance ``model.flux_guidance`` only for a model with a guidance embedding. Decode: unpack → undo the VAE's batch
-norm (x·√(var + ε) + mean) → un-patchify → VAE. FLUX.2 [dev] (``Flux2Pipeline``, a Mistral-3 text encoder) is not
-covered yet.
+guidance ``model.flux_guidance`` only for a model with a guidance embedding ([dev] is guidance-distilled: one
+forward, no CFG; its pipeline's default is 4.0). Decode: unpack → undo the VAE's batch norm (x·√(var + ε) + mean) →
+un-patchify → VAE.
 """
 from __future__ import annotations
 
@@ -16,8 +18,23 @@ from torch import Tensor, nn
 
 from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, load_pipeline
 
-TEXT_LAYERS = (9, 18, 27)
-"""The Qwen3 hidden states FLUX.2 [klein] conditions on (its pipeline's default)."""
+TEXT_LAYERS = {"Flux2KleinPipeline": (9, 18, 27), "Flux2Pipeline": (10, 20, 30)}
+"""Per pipeline class: the text encoder's hidden states the transformer conditions on (each pipeline's default)."""
+
+
+def pipeline_class(path) -> str:
+    """``Flux2Pipeline`` or ``Flux2KleinPipeline``, as the directory's model_index.json names it; another family is
+    an error naming the classes expected."""
+    import json
+
+    from .base import require_pipeline_dir
+
+    root = require_pipeline_dir(path, "FLUX.2", ("transformer", "vae", "text_encoder", "tokenizer"))
+    name = json.loads((root / "model_index.json").read_text()).get("_class_name")
+    if name not in TEXT_LAYERS:
+        raise ValueError(f"model.path={str(path)!r}: cannot load it as a Flux2Pipeline or Flux2KleinPipeline "
+                         f"(model.kind=flux2): its model_index.json names _class_name={name!r}")
+    return name
 
 
 class Flux2Backbone(Backbone):
@@ -42,15 +59,16 @@ class Flux2Backbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, cfg, device) -> "Flux2Backbone":
-        from diffusers import Flux2KleinPipeline
+        import diffusers
 
-        pipe = load_pipeline(Flux2KleinPipeline, cfg, device, ("transformer", "vae", "text_encoder", "tokenizer"),
+        name = pipeline_class(cfg.path)
+        pipe = load_pipeline(getattr(diffusers, name), cfg, device, ("transformer", "vae", "text_encoder", "tokenizer"),
                              ("text_encoder", "vae"), "Flux2Transformer2DModel")
 
         @torch.no_grad()
         def encode(texts):
             hidden, _ = pipe.encode_prompt(list(texts), device=device, max_sequence_length=cfg.max_sequence_length,
-                                           text_encoder_out_layers=TEXT_LAYERS)
+                                           text_encoder_out_layers=TEXT_LAYERS[name])
             return hidden, hidden.new_zeros(hidden.shape[0], 1)  # no pooled embedding
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, guidance=cfg.flux_guidance,

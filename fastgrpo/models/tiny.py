@@ -1,8 +1,8 @@
 """Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
 
-* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "qwenimage" | "wan" | "zimage", directory)``: a few-layer
-  StableDiffusion3Pipeline / FluxPipeline / Flux2KleinPipeline / QwenImagePipeline / WanPipeline / ZImagePipeline
-  (random weights, word-level tokenizers) written with
+* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "flux2_dev" | "qwenimage" | "wan" | "zimage", directory)``: a
+  few-layer StableDiffusion3Pipeline / FluxPipeline / Flux2KleinPipeline / Flux2Pipeline / QwenImagePipeline /
+  WanPipeline / ZImagePipeline (random weights, word-level tokenizers) written with
   ``save_pretrained``, loadable by ``model.path`` exactly as a downloaded directory of that family is;
 * ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
   and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
@@ -53,6 +53,19 @@ def _qwen3(hidden: int):
                                   max_position_embeddings=64, pad_token_id=0, eos_token_id=2, bos_token_id=2))
 
 
+def _mistral3(hidden: int):
+    """Mistral-3 (a Pixtral vision tower, unused for text, and a 31-layer Mistral language model)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    text = MistralConfig(vocab_size=len(WORDS) + 3, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                         max_position_embeddings=64, pad_token_id=0, eos_token_id=2, bos_token_id=2)
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 head_dim=8, image_size=32, patch_size=16)
+    return Mistral3ForConditionalGeneration(Mistral3Config(vision_config=vision, text_config=text, spatial_merge_size=1,
+                                                           image_token_index=len(WORDS) + 2))
+
+
 def _vae(latent_channels: int, shift: float | None):
     from diffusers import AutoencoderKL
 
@@ -63,7 +76,8 @@ def _vae(latent_channels: int, shift: float | None):
 
 
 def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` ("sd3", "flux", "flux2", "qwenimage", "wan" or "zimage") pipeline to ``directory``
+    """Write a tiny ``kind`` ("sd3", "flux", "flux2" ([klein]), "flux2_dev", "qwenimage", "wan" or "zimage")
+    pipeline to ``directory``
     (random weights; VAE factor 2, Wan's temporal factor 2)."""
     torch.manual_seed(seed)
     directory = Path(directory)
@@ -100,26 +114,36 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
         tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # Qwen3's role: text
         pipe = ZImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                               vae=_vae(4, 0.1), text_encoder=_qwen3(16), tokenizer=tokenizer)
-    elif kind == "flux2":
-        from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+    elif kind in ("flux2", "flux2_dev"):
+        from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline,
                                Flux2Transformer2DModel)
-        from transformers import Qwen3Config, Qwen3ForCausalLM
 
-        transformer = Flux2Transformer2DModel(
+        dev = kind == "flux2_dev"
+        transformer = Flux2Transformer2DModel(  # [dev] is guidance-distilled: an embedded guidance input
             patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
-            guidance_embeds=False)
+            guidance_embeds=dev)
         vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                                  block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
                                  sample_size=32)
-        text = Qwen3ForCausalLM(Qwen3Config(  # 28 layers: FLUX.2 [klein] reads hidden states 9, 18 and 27
-            vocab_size=len(WORDS) + 3, hidden_size=16, intermediate_size=32, num_hidden_layers=28,
-            num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0,
-            eos_token_id=2, bos_token_id=2))
         tokenizer = word_tokenizer(16)
-        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-        pipe = Flux2KleinPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
-                                  vae=vae, text_encoder=text, tokenizer=tokenizer)
+        if dev:  # Mistral-3 Small, 31+ layers: FLUX.2 [dev] reads hidden states 10, 20 and 30
+            text = _mistral3(16)
+            # the pipeline sends [{"type": "text", "text": ...}] contents; the tiny template keeps the user's only
+            tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}{% for c in m['content'] %}"
+                                       "{{ c['text'] }}{% endfor %}{% endif %}{% endfor %}")
+            pipeline_cls = Flux2Pipeline
+        else:  # Qwen3, 28 layers: FLUX.2 [klein] reads hidden states 9, 18 and 27
+            from transformers import Qwen3Config, Qwen3ForCausalLM
+
+            text = Qwen3ForCausalLM(Qwen3Config(
+                vocab_size=len(WORDS) + 3, hidden_size=16, intermediate_size=32, num_hidden_layers=28,
+                num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0,
+                eos_token_id=2, bos_token_id=2))
+            tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+            pipeline_cls = Flux2KleinPipeline
+        pipe = pipeline_cls(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+                            vae=vae, text_encoder=text, tokenizer=tokenizer)
     elif kind == "wan":
         from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
@@ -157,7 +181,8 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
         pipe = QwenImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                                  vae=vae, text_encoder=text, tokenizer=word_tokenizer(64))
     else:
-        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2', 'qwenimage', 'wan' or 'zimage', got {kind!r}")
+        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2', 'flux2_dev', 'qwenimage', 'wan' or 'zimage', "
+                         f"got {kind!r}")
     pipe.save_pretrained(str(directory))
     return directory
 
