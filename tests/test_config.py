@@ -244,9 +244,11 @@ def test_every_zero_means_never_and_negative_is_refused(tmp_path, key):
 
 def test_the_shipped_recipes_are_every_one_tested():
     assert recipe_names() == ["adagrpo_flow_grpo", "awm", "dance_grpo", "default", "dgpo", "diffusion_nft",
-                              "flow_cps", "flow_grpo", "flow_grpo_fast", "flux_adagrpo_mixgrpo", "g2rpo", "grpo_guard",
-                              "mixgrpo", "mixgrpo_flash", "pave_grpo", "sd35m_adagrpo_mixgrpo", "stepwise_flow_grpo",
-                              "tempflow_grpo"]
+                              "flow_cps", "flow_grpo", "flow_grpo_fast", "flux2_dev_flow_factory",
+                              "flux2_klein_flow_factory", "flux_adagrpo_mixgrpo", "g2rpo", "grpo_guard", "mixgrpo",
+                              "mixgrpo_flash", "pave_grpo", "qwenimage_dance_grpo", "sd35m_adagrpo_mixgrpo",
+                              "stepwise_flow_grpo", "tempflow_grpo", "wan21_flow_factory", "wan22_flow_factory",
+                              "zimage_flow_factory"]
 
 
 @pytest.mark.parametrize("recipe", recipe_names())

@@ -1,9 +1,11 @@
-"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] and [dev] (``flux2``), Qwen-Image (``qwenimage``) and Wan
-text-to-video (``wan``) — on tiny pipelines built from configs in code, saved and reloaded: the backbone's ODE equals
-the pipeline's own sampling loop from the same noise (time and sign conventions, Z-Image's and Qwen-Image's
-per-prompt caption lengths, FLUX.2's packing and VAE batch norm, Wan's 5-D latents), and each trains through the CLI with LoRA and fully, first ratio
-exactly 1, resume bit for bit; another family's directory is an error naming the pipeline class; videos are scored
-frame by frame; video settings on an image model are rejected."""
+"""The newer models — Z-Image (``model.kind=zimage``), FLUX.2 [klein] and [dev] (``flux2``), Qwen-Image
+(``qwenimage``) and Wan text-to-video (``wan``: Wan2.1, Wan2.2 A14B's two experts, Wan2.2 TI2V's per-token
+timesteps) — on tiny pipelines built from configs in code, saved and reloaded: the backbone's ODE equals the
+pipeline's own sampling loop from the same noise (time and sign conventions, Z-Image's and Qwen-Image's per-prompt
+caption lengths, FLUX.2's packing and VAE batch norm, Wan's 5-D latents, Wan2.2's expert switch and second CFG
+scale), and each trains through the CLI with LoRA and fully, first ratio exactly 1, resume bit for bit; another
+family's directory is an error naming the pipeline class; videos are scored frame by frame; video settings on an
+image model are rejected."""
 import json
 from pathlib import Path
 
@@ -22,10 +24,13 @@ PROMPTS = ["a red cat", "a blue dog on the square", "a green circle", "a photo o
 
 
 KINDS = {"zimage": "ZImagePipeline", "flux2": "Flux2KleinPipeline", "flux2_dev": "Flux2Pipeline",
-         "qwenimage": "QwenImagePipeline", "wan": "WanPipeline"}
-"""The tiny pipeline (``save_tiny_pipeline``'s kind) → its class; ``model.kind`` is the name before any ``_``."""
-SIZE = {"wan": ("model.resolution=16", "model.frames=5")}
-"""Per kind: the tiny size (Wan: 5 frames → 3 latent frames at the tiny VAE's temporal factor 2)."""
+         "qwenimage": "QwenImagePipeline", "wan": "WanPipeline", "wan22": "WanPipeline", "wan22_ti2v": "WanPipeline"}
+"""The tiny pipeline (``save_tiny_pipeline``'s kind) → its class; ``model.kind`` is the name before any ``_``
+(wan22*: wan)."""
+VIDEO = ("model.resolution=16", "model.frames=5")
+SIZE = {"wan": VIDEO, "wan22": VIDEO + ("model.guidance_2=2.0",), "wan22_ti2v": VIDEO}
+"""Per tiny pipeline: its size (Wan: 5 frames → 3 latent frames at the tiny VAE's temporal factor 2) and settings
+(Wan2.2 A14B: the low-noise expert's own CFG scale)."""
 
 
 class Folder(type(Path())):
@@ -40,13 +45,13 @@ def folder(tmp_path_factory, request):
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     save_tiny_pipeline(request.param, root / "model")
     save_tiny_pipeline("sd3", root / "sd3")
-    root.tiny, root.kind = request.param, request.param.split("_")[0]
+    root.tiny, root.kind = request.param, "wan" if request.param.startswith("wan") else request.param.split("_")[0]
     return root
 
 
 def _overrides(folder, out, *extra):
     return [f"model.kind={folder.kind}", f"model.path={folder / 'model'}", "model.resolution=32",
-            *SIZE.get(folder.kind, ()), "model.dtype=fp32",
+            *SIZE.get(folder.tiny, ()), "model.dtype=fp32",
             "model.max_sequence_length=16", f"data.train_prompts={folder / 'prompts.txt'}", "data.eval_count=2",
             "reward.names=jpeg_incompressibility", "sampling.steps=3", "window.size=1", "adagrpo.candidates=2",
             "adagrpo.keep=2", "group_size=2", "eval_every=1000", "eval_seeds=1", f"out_dir={out}", *extra]
@@ -64,9 +69,12 @@ def test_the_backbone_samples_as_the_pipeline_does(folder):
         grid = pipe.scheduler.sigmas.clone()
     noise = torch.randn(2, *backbone.latent_shape, generator=torch.Generator().manual_seed(0))
     prompts = ["a red cat", "a blue dog on the square"]  # different lengths
+    # Wan2.2 A14B: CFG 3 on the high-noise expert's steps, 2 on the low-noise one's (the pipeline's negative
+    # prompt: "")
+    guidance, empty = (3.0, backbone.encode_prompts(["", ""])) if folder.tiny == "wan22" else (1.0, None)
     with torch.no_grad():
-        ours = sample(backbone.denoiser(backbone.transformer), noise, grid, backbone.encode_prompts(prompts), None,
-                      guidance=1.0, eta=0.7, family="flow_sde").latents
+        ours = sample(backbone.denoiser(backbone.transformer), noise, grid, backbone.encode_prompts(prompts), empty,
+                      guidance=guidance, eta=0.7, family="flow_sde").latents
         side = cfg.model.resolution
         if folder.kind == "flux2":  # both take the patchified latents unpacked; [klein] returns the VAE's latents,
             start = noise.transpose(1, 2).reshape(2, -1, backbone.side, backbone.side)  # [dev] the packed tokens
@@ -75,7 +83,9 @@ def test_the_backbone_samples_as_the_pipeline_does(folder):
             options = dict(guidance_scale=guidance, sigmas=grid[:-1].tolist())
             ours = ours if dev else backbone.unpack(ours)
         elif folder.kind == "wan":
-            start, options = noise, dict(guidance_scale=1.0, num_frames=cfg.model.frames)
+            start, options = noise, dict(guidance_scale=guidance, num_frames=cfg.model.frames)
+            if folder.tiny == "wan22":
+                options.update(guidance_scale_2=cfg.model.guidance_2)
         else:
             start, options = noise, dict(guidance_scale=0.0, sigmas=grid[:-1].tolist())
         theirs = pipe(prompt=prompts, height=side, width=side, num_inference_steps=4, latents=start.clone(),
@@ -143,3 +153,51 @@ def test_video_settings_on_an_image_model_are_rejected():
     with pytest.raises(ValueError, match="model.frames=5 is a video setting; model.kind=sd3 makes images"):
         load_config(None, ["model.kind=sd3", "model.path=x", "data.train_prompts=p.txt", "reward.names=pickscore",
                            "model.frames=5"])
+    with pytest.raises(ValueError, match="model.guidance_2=2.0 is the low-noise expert's scale"):
+        load_config(None, ["model.kind=sd3", "model.path=x", "data.train_prompts=p.txt", "reward.names=pickscore",
+                           "model.guidance_2=2"])
+
+
+def test_wan22_sends_each_sample_to_its_expert_and_trains_both(tmp_path):
+    """Wan2.2 A14B as one module: a batch with samples on both sides of the boundary equals each expert called on
+    its own rows (the pipeline's transformer ≥ boundary_ratio·1000, transformer_2 below); LoRA adapters on both get
+    gradients and are checkpointed; guidance_2 on a one-transformer pipeline is an error."""
+    from diffusers import WanPipeline
+
+    from fastgrpo.models.wan import WanExperts
+
+    root = Folder(tmp_path)
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    save_tiny_pipeline("wan22", root / "model")
+    root.tiny, root.kind = "wan22", "wan"
+    cfg = load_config(None, _overrides(root, tmp_path / "run", "iterations=1"))
+    backbone = load_backbone(cfg.model, torch.device("cpu"))
+    experts = backbone.transformer
+    assert isinstance(experts, WanExperts) and experts.boundary == 500.0
+    pipe = WanPipeline.from_pretrained(str(root / "model"), local_files_only=True)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, *backbone.latent_shape, generator=g)
+    sigma = torch.tensor([0.9, 0.3, 0.5])  # high, low, high (500 ≥ 500)
+    text = backbone.encode_prompts(PROMPTS[:3])
+    got = backbone.velocity(experts, x, sigma, text)
+    with torch.no_grad():
+        for i, expert in enumerate((pipe.transformer, pipe.transformer_2, pipe.transformer)):
+            want = expert(hidden_states=x[i:i + 1], timestep=sigma[i:i + 1] * 1000, return_dict=False,
+                          encoder_hidden_states=text.hidden[i:i + 1])[0]
+            torch.testing.assert_close(got[i:i + 1], want, rtol=1e-5, atol=1e-5)
+    got.square().mean().backward()
+    lora = {n: p for n, p in experts.named_parameters() if p.requires_grad}
+    assert any(n.startswith("high.") for n in lora) and any(n.startswith("low.") for n in lora)
+    assert all(p.grad is not None for p in lora.values())  # lora_B starts at zero, so lora_A's gradient may be 0
+    assert any(p.grad.abs().sum() > 0 for n, p in lora.items() if n.startswith("low."))
+
+    trainer = Trainer(cfg)
+    trainer.run(progress=False)
+    weights, _ = ckpt.load(tmp_path / "run")
+    assert any(k.startswith("high.") for k in weights) and any(k.startswith("low.") for k in weights)
+
+    save_tiny_pipeline("wan", tmp_path / "one")
+    one = load_config(None, [o.replace(str(root / "model"), str(tmp_path / "one"))
+                             for o in _overrides(root, tmp_path / "x")])
+    with pytest.raises(ValueError, match="model.guidance_2=2.0 needs a two-expert Wan2.2 pipeline"):
+        load_backbone(one.model, torch.device("cpu"))

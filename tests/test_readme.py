@@ -235,7 +235,7 @@ def run_tiny_pipeline(command, tmp):
 def run_on_a_run(command, tmp):
     """`fastgrpo sample|eval runs/default ...` on a short run written there first."""
     _run("fastgrpo train", tmp, SHORT + ["out_dir=runs/default"])
-    done = _run(command, tmp)
+    _run(command, tmp)
     if " sample " in f" {command} ":
         out = re.search(r"--out (\S+)", command)
         assert (tmp / (out.group(1) if out else "samples.png")).is_file()

@@ -106,6 +106,18 @@ def test_window_schedules_and_flash_grid():
     assert {window(frozen, 10, i, 100, 0)[0] for i in range(50)} == {0}
     rand = load_config(None, ("window.schedule=random",)).window
     assert window(rand, 10, 5, 100, 0) == window(rand, 10, 5, 100, 0)
+    # Flow-GRPO's sde_window_range (0, T/2) with W = 2: starts 0..3, each about equally often
+    ranged = load_config(None, ("window.schedule=random", "window.size=2", "window.random_range=[0,5]")).window
+    counts = torch.bincount(torch.tensor([window(ranged, 10, i, 4000, 0)[0] for i in range(4000)]), minlength=4)
+    assert counts.shape == (4,) and (counts - 1000).abs().max() < 100, counts  # ±3σ of Binomial(4000, 1/4) ≈ 82
+    assert {window(ranged, 10, i, 100, 0) for i in range(100)} == {(0, 2), (1, 3), (2, 4), (3, 5)}
+    for bad, message in ((("window.random_range=[0,5]",), "an option of window.schedule=random"),
+                         (("window.schedule=random", "window.size=3", "window.random_range=[1,3]"), "narrower"),
+                         (("window.schedule=random", "window.random_range=[3,1]"), "0 <= a < b"),
+                         (("window.schedule=random", "window.size=2", "window.random_range=[0,10]"),
+                          "at most at sampling.steps − 1 = 9")):
+        with pytest.raises(ValueError, match=message):
+            load_config(None, ("sampling.steps=10",) + bad)
     decay = load_config(None, ("window.schedule=exp_decay", "window.shift_interval=10")).window
     late = [window(decay, 25, i, 100, 0)[0] for i in range(80, 100)]
     assert len(set(late)) > 2  # the window moves faster late in training

@@ -14,6 +14,16 @@ from torch import Tensor, nn
 from ..world.model import TextEmbeddings
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "layers", "blocks")
+"""The repeated blocks of the diffusers transformers fastgrpo trains (SD3, Qwen-Image: the first; FLUX.1/.2: the
+first two; Z-Image: ``layers``; Wan: ``blocks``)."""
+
+
+def repeated_blocks(transformer: nn.Module) -> list[nn.Module]:
+    """The transformer's repeated blocks (what FSDP2 shards and regional compilation compiles one by one), of each
+    expert for a model made of several (``experts``: Wan2.2 A14B)."""
+    parts = getattr(transformer, "experts", None) or (transformer,)
+    return [block for part in parts for name in BLOCK_LISTS for block in getattr(part, name, ())]
 
 
 class Backbone:
@@ -37,8 +47,50 @@ class Backbone:
         raise NotImplementedError
 
     def denoiser(self, transformer: nn.Module):
-        """``f(x, σ, text) -> v`` with ``transformer`` (the trained one, a DDP/FSDP wrapper, or the reference)."""
-        return functools.partial(self.velocity, transformer)
+        """``f(x, σ, text) -> v`` with ``transformer`` (the trained one, a DDP/FSDP wrapper, or the reference); its
+        ``guidance_at`` is the backbone's."""
+        f = functools.partial(self.velocity, transformer)
+        f.guidance_at = self.guidance_at
+        return f
+
+    def guidance_at(self, sigma: float, guidance: float) -> float:
+        """The CFG scale at the step at σ: ``guidance`` (the run's ``sampling.guidance``) for every step here."""
+        return guidance
+
+    scheduler_config: dict | None = None
+    """A pipeline backbone's scheduler config (``sampling.shift=auto`` reads it); None: no pipeline schedule."""
+    image_seq_len: int = 0
+    """Image tokens per sample at ``model.resolution`` (what a pipeline's resolution-dependent shift depends on)."""
+
+    def dynamic_mu(self, steps: int) -> float:
+        """μ of the pipeline's resolution-dependent shift: diffusers' ``calculate_shift`` (linear in the image token
+        count between the scheduler's base and max sequence lengths and shifts: FLUX.1, Qwen-Image, Z-Image, SD3)."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c = self.scheduler_config
+        return calculate_shift(self.image_seq_len, c["base_image_seq_len"], c["max_image_seq_len"], c["base_shift"],
+                               c["max_shift"])
+
+    def auto_shift(self, steps: int) -> float:
+        """``sampling.shift=auto``: the shift s whose σ = s·t/(1 + (s − 1)·t) on t = 1, 1 − 1/T, …, 1/T is the grid
+        the pipeline itself samples with at this resolution and T — ``exp(μ)`` under its scheduler's dynamic
+        shifting (μ for ``time_shift_type=linear``), else the scheduler's fixed ``shift`` (``flow_shift``: UniPC,
+        Wan). A scheduler whose grid no single shift gives (``shift_terminal``, Karras / exponential / beta
+        sigmas) is an error naming it."""
+        import math
+
+        c = self.scheduler_config
+        if c is None:
+            raise ValueError("sampling.shift=auto takes the shift from a pipeline's scheduler; this model has none "
+                             "(set sampling.shift to a number)")
+        for key in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+            if c.get(key):
+                raise ValueError(f"sampling.shift=auto: the pipeline's scheduler sets {key}={c[key]}, a grid no "
+                                 "single shift gives; set sampling.shift to a number")
+        if not c.get("use_dynamic_shifting"):
+            return float(c.get("flow_shift") or c.get("shift") or 1.0)
+        mu = self.dynamic_mu(steps)
+        return float(math.exp(mu) if c.get("time_shift_type", "exponential") == "exponential" else mu)
 
     text_encoders: "PipelineTextEncoders | None" = None
     """A pipeline backbone's frozen text encoders (what :meth:`free_text_encoders` releases); None: nothing to free

@@ -19,13 +19,12 @@ import warnings
 import torch
 from torch import nn
 
+from .base import BLOCK_LISTS, repeated_blocks
+
 log = logging.getLogger(__name__)
 
 RECOMPILE_LIMIT = 64
 """Compiled variants kept per block forward (dynamo's default: 8)."""
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "layers")
-"""The repeated blocks of the diffusers transformers fastgrpo trains (SD3: the first; FLUX: the first two; Z-Image:
-``layers``)."""
 SCOPES = ("transformer", "blocks")
 """What ``model.compile_scope`` may name (the config's choices are this tuple)."""
 
@@ -54,7 +53,7 @@ def compile_transformer(transformer: nn.Module, device: torch.device, scope: str
     if reason is not None:
         warnings.warn(f"model.compile=true: running eager — {reason}", RuntimeWarning, stacklevel=2)
         return 0
-    blocks = [block for name in BLOCK_LISTS for block in getattr(transformer, name, ())]
+    blocks = repeated_blocks(transformer)
     if scope == "transformer":
         blocks = [transformer]
     elif not blocks:

@@ -54,6 +54,8 @@ class FluxBackbone(Backbone):
                        guidance=cfg.flux_guidance, max_sequence_length=cfg.max_sequence_length,
                        cache_size=cfg.text_cache)
         backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder", "text_encoder_2"))
+        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.image_seq_len = backbone.latent_shape[0]
         return backbone
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:

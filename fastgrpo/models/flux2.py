@@ -74,7 +74,15 @@ class Flux2Backbone(Backbone):
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, guidance=cfg.flux_guidance,
                        cache_size=cfg.text_cache)
         backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
+        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.image_seq_len = backbone.latent_shape[0]
         return backbone
+
+    def dynamic_mu(self, steps: int) -> float:
+        """FLUX.2's μ depends on the step count too (diffusers' ``compute_empirical_mu``, as both pipelines call)."""
+        from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+        return compute_empirical_mu(self.image_seq_len, steps)
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:
         from diffusers import Flux2KleinPipeline

@@ -44,6 +44,8 @@ class QwenImageBackbone(Backbone):
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
         backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
+        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.image_seq_len = backbone.latent_shape[0]
         return backbone
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:

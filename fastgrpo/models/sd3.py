@@ -38,6 +38,8 @@ class Sd3Backbone(Backbone):
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
         backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder", "text_encoder_2", "text_encoder_3"))
+        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.image_seq_len = (backbone.latent_shape[1] // backbone.transformer.config.patch_size) ** 2
         return backbone
 
     def velocity(self, transformer: nn.Module, latents: Tensor, sigma: Tensor, text: TextEmbeddings) -> Tensor:

@@ -1,8 +1,9 @@
 """Pipelines built from configs in code — no download — for tests, benchmarks and trying the real-model path:
 
-* ``save_tiny_pipeline("sd3" | "flux" | "flux2" | "flux2_dev" | "qwenimage" | "wan" | "zimage", directory)``: a
-  few-layer StableDiffusion3Pipeline / FluxPipeline / Flux2KleinPipeline / Flux2Pipeline / QwenImagePipeline /
-  WanPipeline / ZImagePipeline (random weights, word-level tokenizers) written with
+* ``save_tiny_pipeline(kind, directory)``: a few-layer StableDiffusion3Pipeline (``sd3``) / FluxPipeline (``flux``)
+  / Flux2KleinPipeline (``flux2``) / Flux2Pipeline (``flux2_dev``) / QwenImagePipeline (``qwenimage``) /
+  WanPipeline (``wan``; ``wan22``: two experts; ``wan22_ti2v``: per-token timesteps) / ZImagePipeline (``zimage``)
+  (random weights, word-level tokenizers) written with
   ``save_pretrained``, loadable by ``model.path`` exactly as a downloaded directory of that family is;
 * ``sd35_medium_transformer()``: the SD3.5-Medium transformer architecture (2.5B parameters) with random weights,
   and ``sd3_vae()``: the SD3 VAE architecture (16 latent channels) — the benchmark's stand-ins for the real weights.
@@ -75,9 +76,11 @@ def _vae(latent_channels: int, shift: float | None):
                          scaling_factor=1.5, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False)
 
 
+KINDS = ("sd3", "flux", "flux2", "flux2_dev", "qwenimage", "wan", "wan22", "wan22_ti2v", "zimage")
+
+
 def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
-    """Write a tiny ``kind`` ("sd3", "flux", "flux2" ([klein]), "flux2_dev", "qwenimage", "wan" or "zimage")
-    pipeline to ``directory``
+    """Write a tiny ``kind`` (one of ``KINDS``) pipeline to ``directory``
     (random weights; VAE factor 2, Wan's temporal factor 2)."""
     torch.manual_seed(seed)
     directory = Path(directory)
@@ -144,20 +147,28 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
             pipeline_cls = Flux2KleinPipeline
         pipe = pipeline_cls(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                             vae=vae, text_encoder=text, tokenizer=tokenizer)
-    elif kind == "wan":
+    elif kind in ("wan", "wan22", "wan22_ti2v"):
         from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
         from transformers import UMT5Config, UMT5EncoderModel
 
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
-            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+        def wan_transformer():
+            return WanTransformer3DModel(
+                patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+
+        transformer = wan_transformer()
+        # wan22: Wan2.2 A14B's layout — a second (low-noise) expert below boundary_ratio (0.5 here, so a short
+        # schedule crosses it); wan22_ti2v: TI2V-5B's per-token timesteps
+        experts = dict(transformer_2=wan_transformer(), boundary_ratio=0.5) if kind == "wan22" else {}
+        if kind == "wan22_ti2v":
+            experts = dict(expand_timesteps=True)
         vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
                                latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 0.8, 1.0, 2.0],
                                scale_factor_temporal=2, scale_factor_spatial=2)
         text = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=16, d_ff=32, d_kv=8, num_layers=2,
                                            num_heads=2, pad_token_id=0, eos_token_id=2))
         pipe = WanPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
-                           text_encoder=text, tokenizer=word_tokenizer(16))
+                           text_encoder=text, tokenizer=word_tokenizer(16), **experts)
     elif kind == "qwenimage":
         from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
                                QwenImageTransformer2DModel)
@@ -181,8 +192,7 @@ def save_tiny_pipeline(kind: str, directory, seed: int = 0) -> Path:
         pipe = QwenImagePipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                                  vae=vae, text_encoder=text, tokenizer=word_tokenizer(64))
     else:
-        raise ValueError(f"kind must be 'sd3', 'flux', 'flux2', 'flux2_dev', 'qwenimage', 'wan' or 'zimage', "
-                         f"got {kind!r}")
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     pipe.save_pretrained(str(directory))
     return directory
 

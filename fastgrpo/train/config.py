@@ -89,7 +89,12 @@ class ModelConfig(Section):
     max_sequence_length: int = Field(256, ge=1)
     """sd3 / flux: T5 tokens per prompt."""
     flux_guidance: float = 3.5
-    """flux: FLUX.1-dev's embedded guidance (models without a guidance embedding ignore it)."""
+    """flux / flux2: the embedded guidance of a guidance-distilled model (FLUX.1 [dev]; FLUX.2 [dev], whose
+    pipeline's default is 4.0); models without a guidance embedding ignore it."""
+    guidance_2: Optional[float] = Field(None, ge=0)
+    """wan, a two-expert Wan2.2 A14B pipeline: the CFG scale of the low-noise expert's steps (its pipeline's
+    ``guidance_scale_2``); null: ``sampling.guidance`` on every step. CFG runs only when ``sampling.guidance`` > 1,
+    as in the pipeline."""
     text_cache: int = Field(512, ge=1)
     """Prompts whose text embeddings are kept (each distinct prompt is encoded once while it stays)."""
     free_text_encoders: bool = True
@@ -126,6 +131,9 @@ class ModelConfig(Section):
         if self.kind != "wan" and self.frames != 1:
             raise ValueError(f"model.frames={self.frames} is a video setting; model.kind={self.kind} makes images "
                              "(model.kind=wan for video)")
+        if self.kind != "wan" and self.guidance_2 is not None:
+            raise ValueError(f"model.guidance_2={self.guidance_2} is the low-noise expert's scale of a two-expert "
+                             f"Wan2.2 pipeline; model.kind={self.kind} has one transformer")
         if self.lora_rank > 0 and not self.lora_targets:
             raise ValueError("model.lora_targets is empty: name the modules the adapter wraps")
         return self
@@ -176,8 +184,11 @@ class RewardConfig(Section):
 class SamplingConfig(Section):
     steps: int = Field(10, ge=2)
     """T, denoising steps per rollout."""
-    shift: float = 3.0
-    """SD3 time shift of the σ schedule."""
+    shift: float | Literal["auto"] = 3.0
+    """Time shift s of the σ schedule, σ = s·t/(1 + (s − 1)·t) (SD3's). auto (pipeline models): the shift the
+    pipeline itself samples with at this resolution and T — its scheduler's exp(μ) when it shifts by resolution
+    (FLUX, Qwen-Image, Z-Image, FLUX.2), else its fixed shift (Wan's flow_shift); resolved when the model loads and
+    saved as the number in the run's config.yaml."""
     eta: float = Field(0.7, gt=0)
     """Noise level η of the SDE steps."""
     family: Literal[SDE_FAMILIES] = "flow_sde"
@@ -220,6 +231,22 @@ class WindowConfig(Section):
     fine finish, four ≥ 0.93 (fastgrpo/train/schedule.py)."""
     train_fraction: float = Field(1.0, gt=0, le=1)
     """Fraction of the window's SDE steps trained per iteration, drawn at random (DanceGRPO: 0.6 of all steps)."""
+    random_range: Optional[list[int]] = None
+    """``random`` schedule: [a, b) — the window lies inside steps a .. b − 1, its start drawn uniformly from
+    a .. b − size (Flow-GRPO's ``sde_window_range``, e.g. [0, T/2]; Flow-Factory's ``sde_steps`` [1, 2, 3] with one
+    step: size 1, [1, 4]); null: anywhere in 0 .. T − 2."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.random_range is None:
+            return self
+        if self.schedule != "random":
+            raise ValueError(f"window.random_range is an option of window.schedule=random, not {self.schedule!r}")
+        if len(self.random_range) != 2 or not 0 <= self.random_range[0] < self.random_range[1]:
+            raise ValueError(f"window.random_range={self.random_range} must be [a, b] with 0 <= a < b")
+        if self.random_range[1] - self.random_range[0] < self.size:
+            raise ValueError(f"window.random_range={self.random_range} is narrower than window.size={self.size}")
+        return self
 
 
 class BranchConfig(Section):
@@ -468,6 +495,9 @@ class TrainConfig(Section):
                              "one prompt per line")
         if self.method == "grpo" and not self.branch.enabled and self.window.size > self.sampling.steps - 1:
             raise ValueError(f"window.size={self.window.size} must be < sampling.steps={self.sampling.steps}")
+        if self.window.random_range is not None and self.window.random_range[1] > self.sampling.steps - 1:
+            raise ValueError(f"window.random_range={self.window.random_range} must end at most at sampling.steps − 1 "
+                             f"= {self.sampling.steps - 1} (the last step is never an SDE step)")
         points = self.branch.points
         if self.branch.enabled and not 0 <= min(points) <= max(points) <= self.sampling.steps - 2:
             raise ValueError(f"branch.points={points} must lie in 0..sampling.steps-2 "

@@ -21,14 +21,15 @@ def wrap(model: nn.Module, kind: str, world_size: int) -> nn.Module:
         from torch.distributed.fsdp import fully_shard
 
         _broadcast(model)  # every rank starts from rank 0's weights, as DDP does
-        blocks = [m for name, m in model.named_children() if name.endswith("blocks") and isinstance(m, nn.ModuleList)]
-        for block_list in blocks:
-            for block in block_list:
-                fully_shard(block)
+        from ..models.base import repeated_blocks
+
+        for block in repeated_blocks(model):
+            fully_shard(block)
         fully_shard(model)  # the rest: embeddings, norms, projections
         return model
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model)  # also broadcasts rank 0's weights
+    # also broadcasts rank 0's weights; a model of experts runs one of them per step: the other's gradients are unused
+    return DistributedDataParallel(model, find_unused_parameters=getattr(model, "experts", None) is not None)
 
 
 def _broadcast(model: nn.Module) -> None:

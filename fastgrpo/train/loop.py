@@ -67,6 +67,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.backbone = backbone if backbone is not None else load_backbone(config.model, self.device)
         self.model = self.backbone.transformer
+        if config.sampling.shift == "auto":  # the pipeline's own schedule at this resolution and T, as a number
+            config.sampling.shift = self.backbone.auto_shift(config.sampling.steps)
+            log.info("sampling.shift=auto: %.6g (the pipeline's schedule at T = %d)", config.sampling.shift,
+                     config.sampling.steps)
         self.task = task if task is not None else build_task(config, self.device)
         if config.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()

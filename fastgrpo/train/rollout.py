@@ -39,8 +39,11 @@ def guided_velocity(model, x: Tensor, sigma: float, text: TextEmbeddings, empty:
                     guidance: float) -> Tensor:
     """v, with classifier-free guidance v_u + g·(v_c − v_u) when ``guidance`` > 1 (one batched forward).
 
-    ``model(x, sigma (B,), text) -> v``: a backbone's velocity bound to a transformer (``Backbone.denoiser``)."""
+    ``model(x, sigma (B,), text) -> v``: a backbone's velocity bound to a transformer (``Backbone.denoiser``); its
+    ``guidance_at(σ, g)``, when it has one, may change the scale per step (Wan2.2 A14B's low-noise expert)."""
     s = torch.full((x.shape[0],), sigma, device=x.device)
+    at = getattr(model, "guidance_at", None)
+    guidance = guidance if at is None else at(sigma, guidance)
     if guidance <= 1.0 or empty is None:
         return model(x, s, text)
     both = TextEmbeddings(torch.cat([text.hidden, empty.hidden]), torch.cat([text.pooled, empty.pooled]))

@@ -3,7 +3,8 @@
 σ_i = shift·t_i/(1 + (shift − 1)·t_i), t_i = linspace(1, 0, T + 1) (SD3's time shift).
 Window: SDE (and trained) steps [l, min(l + w, T − 1)); outside it the ODE. ``progressive``: l advances by
 ``stride`` every τ iterations and wraps to 0 past T − 2; ``frozen``: l = 0; ``random``: l uniform each iteration
-(seeded by the iteration, so a resumed run draws the same); ``linear_decay`` / ``exp_decay``: progressive with an
+in 0 .. T − 2, or in a .. b − w with ``random_range`` [a, b) (seeded by the iteration, so a resumed run draws the
+same); ``linear_decay`` / ``exp_decay``: progressive with an
 interval that shrinks over training (linearly to 1, or as τ·e^{−3·i/iterations}) — the window sweeps the later,
 detail-forming steps faster as training goes on.
 Flash: after the window's last step L (the window ends before step e = L + 1), MixGRPO re-grids the rest into
@@ -52,6 +53,9 @@ def window_start(cfg: WindowConfig, steps: int, iteration: int, iterations: int,
         return 0
     if cfg.schedule == "random":
         g = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+        if cfg.random_range is not None:  # start in a .. b − size: the window inside [a, b)
+            low, high = cfg.random_range
+            return low + int(torch.randint(0, high - cfg.size - low + 1, (1,), generator=g))
         return int(torch.randint(0, span, (1,), generator=g))
     if cfg.schedule == "progressive":
         moves = iteration // cfg.shift_interval
