@@ -2,7 +2,7 @@
 velocity call — behind one interface, so the loop is the same for every model.
 
 ``load_backbone(config.model, device)`` picks by ``model.kind``: ``world`` (the embedded shapes world), ``sd3``
-(a local diffusers StableDiffusion3Pipeline directory), ``flux`` (FluxPipeline), ``flux2`` (Flux2KleinPipeline),
+(a local diffusers StableDiffusion3Pipeline directory), ``flux`` (FluxPipeline), ``flux2`` (Flux2KleinPipeline or Flux2Pipeline),
 ``qwenimage`` (QwenImagePipeline), ``zimage`` (ZImagePipeline) or ``wan`` (WanPipeline: text-to-video).
 """
 from __future__ import annotations

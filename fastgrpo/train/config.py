@@ -59,9 +59,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     kind: Literal["world", "sd3", "flux", "flux2", "qwenimage", "zimage", "wan"] = "world"
     """world (the embedded shapes world) | sd3 (a local StableDiffusion3Pipeline directory, SD3 / SD3.5) | flux
-    (a local FluxPipeline directory) | flux2 (a local Flux2KleinPipeline directory, FLUX.2 [klein]) | qwenimage (a
-    local QwenImagePipeline directory) | zimage (a local ZImagePipeline directory) | wan (a local WanPipeline
-    directory, Wan2.1 / 2.2 text-to-video)."""
+    (a local FluxPipeline directory) | flux2 (a local Flux2KleinPipeline or Flux2Pipeline directory, FLUX.2 [klein]
+    or [dev]) | qwenimage (a local QwenImagePipeline directory) | zimage (a local ZImagePipeline directory) | wan (a
+    local WanPipeline directory: Wan2.1, Wan2.2 A14B with its two experts, Wan2.2 TI2V; text-to-video)."""
     path: Optional[str] = None
     """world: its weights (safetensors; null = the weights shipped in the package); sd3 / flux: the pipeline
     directory written by ``save_pretrained`` (never downloaded)."""
