@@ -93,34 +93,33 @@ def test_the_backbone_samples_as_the_pipeline_does(folder):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_lora_training_through_the_cli_and_a_bit_exact_resume(folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_training_through_the_cli_and_a_bit_exact_resume(folder, tmp_path, monkeypatch, lora):
     """Two iterations through the command line's ``main(argv)`` (in this process: a new one would only add the
-    start-up), then one iteration and a resume to two: the saved LoRA weights and optimiser state equal the
-    uninterrupted run's bit for bit."""
+    start-up), with LoRA or fine-tuning the whole transformer, then one iteration and a resume to two: the saved
+    weights (the adapter, or every weight) and the AdamW state equal the uninterrupted run's bit for bit."""
     monkeypatch.setenv("FASTGRPO_BACKEND", "torch")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert cli.main(["train", *_overrides(folder, tmp_path / "cli", "iterations=2")]) == 0
+    size = () if lora else ("model.lora_rank=0",)
+    assert cli.main(["train", *_overrides(folder, tmp_path / "cli", "iterations=2", *size)]) == 0
     logged = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
-    assert [h["first_ratio_max_dev"] for h in logged if "loss" in h] == [0.0, 0.0]
-    Trainer(load_config(None, _overrides(folder, tmp_path / "half", "iterations=1"))).run(progress=False)
-    resumed = Trainer(load_config(None, _overrides(folder, tmp_path / "half", "iterations=2")),
+    steps = [h for h in logged if "loss" in h]
+    assert [h["first_ratio_max_dev"] for h in steps] == [0.0, 0.0] and all(h["grad_norm"] > 0 for h in steps)
+    Trainer(load_config(None, _overrides(folder, tmp_path / "half", "iterations=1", *size))).run(progress=False)
+    resumed = Trainer(load_config(None, _overrides(folder, tmp_path / "half", "iterations=2", *size)),
                       resume=str(tmp_path / "half"))
     resumed.run(progress=False)
     (a, sa), (b, sb) = ckpt.load(tmp_path / "cli"), ckpt.load(tmp_path / "half")
-    assert sa["iteration"] == sb["iteration"] == 2 and a.keys() == b.keys() and a
+    assert sa["iteration"] == sb["iteration"] == 2 and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(".lora_" in k for k in a) == lora and (lora or len(a) == len(resumed.model.state_dict()))
     optim_a, optim_b = sa["optimizer"]["state"], sb["optimizer"]["state"]
     assert optim_a.keys() == optim_b.keys() and all(
         torch.equal(optim_a[i][k], optim_b[i][k]) for i in optim_a for k in optim_a[i])
-
-
-def test_full_fine_tuning(folder, tmp_path):
-    trainer = Trainer(load_config(None, _overrides(folder, tmp_path, "iterations=1", "model.lora_rank=0")))
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.run(progress=False)
-    steps = [h for h in trainer.history if "loss" in h]
-    assert steps[0]["first_ratio_max_dev"] == 0.0 and steps[0]["grad_norm"] > 0
-    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    if not lora:  # the whole transformer moved from the pipeline's weights
+        start = load_backbone(load_config(None, _overrides(folder, tmp_path / "x", *size)).model, torch.device("cpu"))
+        initial = start.transformer.state_dict()
+        assert initial.keys() == a.keys() and any(not torch.equal(initial[k], a[k]) for k in initial)
 
 
 def test_another_familys_directory_is_an_error_naming_the_pipeline(folder):
