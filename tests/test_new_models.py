@@ -200,3 +200,48 @@ def test_wan22_sends_each_sample_to_its_expert_and_trains_both(tmp_path):
                              for o in _overrides(root, tmp_path / "x")])
     with pytest.raises(ValueError, match="model.guidance_2=2.0 needs a two-expert Wan2.2 pipeline"):
         load_backbone(one.model, torch.device("cpu"))
+
+
+def _wan22_rank(rank, root, kind, result):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{root}/init-{kind}", rank=rank, world_size=2)
+    try:
+        folder = Folder(root)
+        folder.tiny, folder.kind = "wan22", "wan"
+        trainer = Trainer(load_config(None, _overrides(folder, f"{root}/{kind}", "iterations=2", "model.lora_rank=0",
+                                                       "sampling.steps=5", "sampling.shift=1.0", "window.size=4",
+                                                       f"distributed={kind}")))
+        trainer.run(progress=False)
+        from fastgrpo.train import distributed
+        weights = distributed.full_weights(trainer.trained, trainer.model, False, all_ranks=True)
+        if rank == 0:
+            result["weights"] = weights
+            result["steps"] = [h for h in trainer.history if "loss" in h]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_wan22_two_experts_train_fully_under_ddp_and_fsdp2(tmp_path):
+    """Wan2.2 A14B's experts fine-tuned whole on 2 gloo ranks: the window (σ 1, .8, .6, .4 against the boundary .5)
+    uses both experts, so both move; DDP (one expert idle per step: unused parameters allowed) and FSDP2 (both
+    experts' blocks sharded) end on the same weights (the same averaged gradients, reduced in another order)."""
+    import torch.multiprocessing as mp
+
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    save_tiny_pipeline("wan22", tmp_path / "model")
+    runs = {}
+    for kind in ("ddp", "fsdp"):
+        result = mp.Manager().dict()
+        mp.spawn(_wan22_rank, args=(str(tmp_path), kind, result), nprocs=2)
+        runs[kind] = dict(result)
+    folder = Folder(tmp_path)
+    folder.tiny, folder.kind = "wan22", "wan"
+    initial = load_backbone(load_config(None, _overrides(folder, "x", "model.lora_rank=0")).model,
+                            torch.device("cpu")).transformer.state_dict()
+    ddp, fsdp = runs["ddp"]["weights"], runs["fsdp"]["weights"]
+    assert ddp.keys() == fsdp.keys() == initial.keys()
+    for side in ("high.", "low."):
+        assert any(not torch.equal(initial[k], ddp[k]) for k in initial if k.startswith(side)), side
+    for k in initial:
+        torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6)
+    for kind in runs:
+        assert [s["first_ratio_max_dev"] for s in runs[kind]["steps"]] == [0.0, 0.0]
