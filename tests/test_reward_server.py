@@ -157,6 +157,26 @@ def test_malformed_requests_and_wrong_tokens_are_rejected_and_the_server_goes_on
         assert remote(_images(2)).shape == (2,)  # still serving after the bad requests
 
 
+def test_a_body_over_the_limit_is_refused_before_it_is_read_whole():
+    """413 for a declared Content-Length over the limit and for a chunked body (no length) once it passes it; the
+    server goes on serving."""
+    import http.client
+
+    local = build_reward("jpeg_compressibility")
+    with running(make_app(local, "jpeg_compressibility", max_body=4096)) as (url, _):
+        status, answer = _post(url + "/score", b"x" * 5000)
+        assert status == 413 and answer["error"] == "request body of 5000 bytes exceeds 4096"
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", "/score", body=iter([b"y" * 3000] * 4), encode_chunked=True)
+        answer = conn.getresponse()
+        assert answer.status == 413 and json.loads(answer.read())["error"] == "request body exceeds 4096 bytes"
+        conn.close()
+        body = wire.encode_request(_images(1, h=16, w=16), None)
+        assert len(body) < 4096
+        assert _post(url + "/score", body)[0] == 200
+
+
 def test_a_killed_server_is_an_error_naming_the_url():
     local = build_reward("jpeg_compressibility")
     with running(make_app(local, "jpeg_compressibility")) as (url, _):

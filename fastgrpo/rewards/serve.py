@@ -91,7 +91,22 @@ class Batcher:
                     future.set_exception(err)
 
 
-def make_app(scorer, name: str, *, token: str | None = None, max_batch: int = 64):
+async def read_body(request, limit: int) -> bytes:
+    """The request body, read in chunks and refused (``wire.PayloadTooLarge``) as soon as it passes ``limit`` bytes
+    — a declared Content-Length over it before reading anything — so no client makes the server hold more."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise wire.PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise wire.PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_app(scorer, name: str, *, token: str | None = None, max_batch: int = 64, max_body: int = wire.MAX_BODY):
     """The Starlette application serving ``scorer`` (a registered reward, built) as ``name``."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
@@ -113,9 +128,10 @@ def make_app(scorer, name: str, *, token: str | None = None, max_batch: int = 64
     async def score(request):
         if not authorised(request):
             return JSONResponse({"error": "a wrong or missing token"}, status_code=401)
-        body = await request.body()
         try:
-            images, prompts = wire.decode_request(body)
+            images, prompts = wire.decode_request(await read_body(request, max_body))
+        except wire.PayloadTooLarge as err:
+            return JSONResponse({"error": str(err)}, status_code=413)
         except wire.PayloadError as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         try:

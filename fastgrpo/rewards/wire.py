@@ -23,6 +23,10 @@ class PayloadError(ValueError):
     """A request the server cannot read; its message says what is wrong."""
 
 
+class PayloadTooLarge(PayloadError):
+    """A request body over the server's limit (HTTP 413)."""
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """(B, 3, H, W) images in [0, 1] (or uint8 already) → uint8 on the host, rounded as PIL's ``fromarray`` of
     ``x·255`` would be."""
