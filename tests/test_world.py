@@ -128,3 +128,25 @@ def test_shipped_weights_start_with_headroom():
     # the images are coloured shapes: colour and position right almost always, shape is what is left to learn
     assert torch.cat([s["colour"] for s in scores]).mean() > 0.9
     assert torch.cat([s["position"] for s in scores]).mean() > 0.9
+
+
+def test_world_save_round_trips_and_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+
+    world = World.load()
+    path = tmp_path / "w" / "world.safetensors"
+    world.save(path, dtype=torch.float32)
+    again = World.load(path)
+    for a, b in zip(world.transformer.state_dict().values(), again.transformer.state_dict().values()):
+        assert torch.equal(a.float(), b)
+    before = path.read_bytes()
+    with torch.no_grad():
+        next(world.transformer.parameters()).add_(1.0)
+
+    def fail(*args):
+        raise OSError("disk gone at the rename")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        world.save(path, dtype=torch.float32)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["world.safetensors"]

@@ -31,6 +31,10 @@ def write_text(path: Path, text: str) -> None:
     _write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _write(path, lambda fh: fh.write(data))
+
+
 def save_torch(path: Path, obj) -> None:
     """``torch.save(obj)`` to ``path``, crash-safe like ``write_text``."""
     import torch

@@ -4,7 +4,6 @@ are reproduced by ``fastgrpo pretrain-world --replace-shipped`` (or ``--out FILE
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -53,8 +52,11 @@ class World:
         return world
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> None:
-        """Write both models' weights to one safetensors file, atomically (temp file + rename)."""
-        from safetensors.torch import save_file
+        """Write both models' weights to one safetensors file, crash-safe (temp file, fsync, rename, fsync of the
+        folder: a kill leaves the old file or the new one)."""
+        from safetensors.torch import save
+
+        from ..train.atomic import write_bytes
 
         state = {f"transformer.{k}": v.detach().to("cpu", dtype).contiguous()
                  for k, v in self.transformer.state_dict().items()}
@@ -62,12 +64,4 @@ class World:
                       for k, v in self.text_encoder.state_dict().items()})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_bytes(path, save(state))
