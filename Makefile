@@ -14,7 +14,7 @@ LOCK_OUT ?= requirements/lock.txt
 TORCH_WHEELS ?= /opt/wheels
 CONSTRAINTS := $(if $(strip $(LOCK)),-c $(LOCK),)
 
-.PHONY: install train demo test test-gpu bench lock clean
+.PHONY: install train demo test test-gpu test-slow bench lock clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(strip $(LOCK))
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ test: $(VENV)/.installed
 
 test-gpu: $(VENV)/.installed
 	$(PY) -m pytest -q -m gpu tests
+
+test-slow: $(VENV)/.installed
+	FASTGRPO_SLOW=1 TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow tests
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/fastgrpo bench

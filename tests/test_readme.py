@@ -129,6 +129,16 @@ def run_make_test(command, tmp):
     assert re.search(r"^\s*(time )?make test\s*$", ci, flags=re.M), "CI must run exactly the README's test command"
 
 
+def run_make_test_slow(command, tmp):
+    """`make test-slow`: the slow-marked tests with FASTGRPO_SLOW=1 (each is also collected, and skipped, by
+    `make test`); not run here — it is what CI leaves out."""
+    planned = _make("-n -B test-slow VENV=.venv", timeout=60).stdout
+    assert re.search(r"FASTGRPO_SLOW=1 .*pytest -q -m slow tests", planned), planned
+    done = subprocess.run([str(BIN / "python"), "-m", "pytest", "-q", "--collect-only", "-m", "slow", "tests"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "test_compiled_blocks_under_fsdp2_match_eager" in done.stdout, done.stdout[-2000:]
+
+
 def run_make_newest(command, tmp):
     """`make clean && make test LOCK=`: the same install without the lock's constraints."""
     planned = _make("-n -B install VENV=.venv LOCK=", timeout=60).stdout
@@ -282,6 +292,7 @@ def run_help(command, tmp):
 RUNNERS = [
     (r"^make train$", run_make_train),
     (r"^make test$", run_make_test),
+    (r"^make test-slow$", run_make_test_slow),
     (r"^make clean && make test LOCK=$", run_make_newest),
     (r"^make lock$", run_make_lock),
     (r"^make demo$", run_make_demo),
