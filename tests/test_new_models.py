@@ -34,18 +34,24 @@ SIZE = {"wan": VIDEO, "wan22": VIDEO + ("model.guidance_2=2.0",), "wan22_ti2v": 
 
 
 class Folder(type(Path())):
-    """The fixture's directory, which also says its tiny pipeline and model kind."""
+    """A directory with a tiny pipeline in ``model/``, which also says that pipeline (``save_tiny_pipeline``'s
+    kind) and its ``model.kind`` (wan22*: wan; flux2_dev: flux2)."""
     tiny: str
     kind: str
+
+    @classmethod
+    def of(cls, root, tiny: str) -> "Folder":
+        folder = cls(root)
+        folder.tiny, folder.kind = tiny, "wan" if tiny.startswith("wan") else tiny.split("_")[0]
+        return folder
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
 def folder(tmp_path_factory, request):
-    root = Folder(tmp_path_factory.mktemp(request.param))
+    root = Folder.of(tmp_path_factory.mktemp(request.param), request.param)
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     save_tiny_pipeline(request.param, root / "model")
     save_tiny_pipeline("sd3", root / "sd3")
-    root.tiny, root.kind = request.param, "wan" if request.param.startswith("wan") else request.param.split("_")[0]
     return root
 
 
@@ -165,10 +171,9 @@ def test_wan22_sends_each_sample_to_its_expert_and_trains_both(tmp_path):
 
     from fastgrpo.models.wan import WanExperts
 
-    root = Folder(tmp_path)
+    root = Folder.of(tmp_path, "wan22")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     save_tiny_pipeline("wan22", root / "model")
-    root.tiny, root.kind = "wan22", "wan"
     cfg = load_config(None, _overrides(root, tmp_path / "run", "iterations=1"))
     backbone = load_backbone(cfg.model, torch.device("cpu"))
     experts = backbone.transformer
@@ -205,8 +210,7 @@ def test_wan22_sends_each_sample_to_its_expert_and_trains_both(tmp_path):
 def _wan22_rank(rank, root, kind, result):
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/init-{kind}", rank=rank, world_size=2)
     try:
-        folder = Folder(root)
-        folder.tiny, folder.kind = "wan22", "wan"
+        folder = Folder.of(root, "wan22")
         trainer = Trainer(load_config(None, _overrides(folder, f"{root}/{kind}", "iterations=2", "model.lora_rank=0",
                                                        "sampling.steps=5", "sampling.shift=1.0", "window.size=4",
                                                        f"distributed={kind}")))
@@ -233,8 +237,7 @@ def test_wan22_two_experts_train_fully_under_ddp_and_fsdp2(tmp_path):
         result = mp.Manager().dict()
         mp.spawn(_wan22_rank, args=(str(tmp_path), kind, result), nprocs=2)
         runs[kind] = dict(result)
-    folder = Folder(tmp_path)
-    folder.tiny, folder.kind = "wan22", "wan"
+    folder = Folder.of(tmp_path, "wan22")
     initial = load_backbone(load_config(None, _overrides(folder, "x", "model.lora_rank=0")).model,
                             torch.device("cpu")).transformer.state_dict()
     ddp, fsdp = runs["ddp"]["weights"], runs["fsdp"]["weights"]

@@ -59,12 +59,17 @@ class WanExperts(nn.Module):
         for expert in self.experts:
             expert.enable_gradient_checkpointing()
 
+    def high_noise(self, timestep: Tensor) -> Tensor:
+        """(B,) bool: which samples the high-noise expert takes — the pipeline's ``t >= boundary_ratio · 1000``
+        (float32 against the boundary, as it compares); per-token timesteps (TI2V) by their first token's."""
+        return timestep.reshape(timestep.shape[0], -1)[:, 0] >= self.boundary
+
     def forward(self, hidden_states: Tensor, timestep: Tensor, encoder_hidden_states: Tensor,
                 return_dict: bool = False):
-        t = timestep.reshape(timestep.shape[0], -1)[:, 0]  # per sample (TI2V's per-token timesteps are equal)
-        high = t >= self.boundary
-        if bool(high.all()) or not bool(high.any()):
-            expert = self.high if bool(high.all()) else self.low
+        high = self.high_noise(timestep)
+        count = int(high.sum())  # the one host read per call: which expert(s) run
+        if count in (0, high.shape[0]):
+            expert = self.high if count else self.low
             return expert(hidden_states=hidden_states, timestep=timestep,
                           encoder_hidden_states=encoder_hidden_states, return_dict=False)
         out = None
@@ -141,8 +146,8 @@ class WanBackbone(Backbone):
         """The CFG scale at σ: ``model.guidance_2`` on a two-expert model's low-noise steps, else ``guidance``."""
         if self.guidance_2 is None or not isinstance(self.transformer, WanExperts):
             return guidance
-        t = torch.tensor(sigma, dtype=torch.float32) * 1000.0
-        return guidance if bool(t >= self.transformer.boundary) else self.guidance_2
+        high = self.transformer.high_noise(torch.tensor([sigma], dtype=torch.float32) * 1000.0)  # on the host
+        return guidance if bool(high) else self.guidance_2
 
     def decode(self, latents: Tensor) -> Tensor:
         return decode_video_vae(self.vae, latents, chunk=2)  # a video's decode holds all its frames at once

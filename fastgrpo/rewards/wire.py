@@ -45,8 +45,6 @@ def decode_request(body: bytes) -> tuple[Tensor, list[str] | None]:
     """(uint8 images, prompts or None) from a request body; a ``PayloadError`` for anything else."""
     from safetensors.torch import load
 
-    if len(body) > MAX_BODY:
-        raise PayloadError(f"request body of {len(body)} bytes exceeds {MAX_BODY}")
     try:
         tensors = load(body)
     except Exception as err:  # noqa: BLE001 — any unreadable body is the same client error
