@@ -57,6 +57,12 @@ class Backbone:
         """The CFG scale at the step at σ: ``guidance`` (the run's ``sampling.guidance``) for every step here."""
         return guidance
 
+    def keep_from(self, pipe, text_encoders: tuple[str, ...]) -> None:
+        """What a pipeline backbone keeps of its loaded pipeline: its text encoders (``text_encoders``: the
+        attribute names; freed on request) and its scheduler's config (``sampling.shift=auto``)."""
+        self.text_encoders = PipelineTextEncoders(pipe, text_encoders)
+        self.scheduler_config = dict(pipe.scheduler.config)
+
     scheduler_config: dict | None = None
     """A pipeline backbone's scheduler config (``sampling.shift=auto`` reads it); None: no pipeline schedule."""
     image_seq_len: int = 0

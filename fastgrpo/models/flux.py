@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import DTYPES, Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline
+from .base import DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
 
 
 class FluxBackbone(Backbone):
@@ -53,8 +53,7 @@ class FluxBackbone(Backbone):
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, dtype=dtype,
                        guidance=cfg.flux_guidance, max_sequence_length=cfg.max_sequence_length,
                        cache_size=cfg.text_cache)
-        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder", "text_encoder_2"))
-        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.keep_from(pipe, ("text_encoder", "text_encoder_2"))
         backbone.image_seq_len = backbone.latent_shape[0]
         return backbone
 

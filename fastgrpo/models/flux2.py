@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, load_pipeline
+from .base import Backbone, EmbeddingCache, TextEmbeddings, load_pipeline
 
 TEXT_LAYERS = {"Flux2KleinPipeline": (9, 18, 27), "Flux2Pipeline": (10, 20, 30)}
 """Per pipeline class: the text encoder's hidden states the transformer conditions on (each pipeline's default)."""
@@ -73,8 +73,7 @@ class Flux2Backbone(Backbone):
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, guidance=cfg.flux_guidance,
                        cache_size=cfg.text_cache)
-        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
-        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.keep_from(pipe, ("text_encoder",))
         backbone.image_seq_len = backbone.latent_shape[0]
         return backbone
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import (Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_video_vae, load_pipeline,
+from .base import (Backbone, EmbeddingCache, TextEmbeddings, decode_video_vae, load_pipeline,
                    padded_tokens)
 
 
@@ -43,8 +43,7 @@ class QwenImageBackbone(Backbone):
             return padded_tokens(tokens[0], length)
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
-        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
-        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.keep_from(pipe, ("text_encoder",))
         backbone.image_seq_len = backbone.latent_shape[0]
         return backbone
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline
+from .base import Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline
 
 
 class Sd3Backbone(Backbone):
@@ -37,8 +37,7 @@ class Sd3Backbone(Backbone):
             return hidden, pooled
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
-        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder", "text_encoder_2", "text_encoder_3"))
-        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.keep_from(pipe, ("text_encoder", "text_encoder_2", "text_encoder_3"))
         backbone.image_seq_len = (backbone.latent_shape[1] // backbone.transformer.config.patch_size) ** 2
         return backbone
 

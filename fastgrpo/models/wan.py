@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import (DTYPES, Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_video_vae,
+from .base import (DTYPES, Backbone, EmbeddingCache, TextEmbeddings, decode_video_vae,
                    load_pipeline)
 
 
@@ -126,8 +126,7 @@ class WanBackbone(Backbone):
 
         backbone = cls(transformer, pipe.vae, encode, resolution=cfg.resolution, frames=cfg.frames,
                        cache_size=cfg.text_cache)
-        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
-        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.keep_from(pipe, ("text_encoder",))
         backbone.expand_timesteps = bool(pipe.config.expand_timesteps)
         backbone.guidance_2 = cfg.guidance_2
         return backbone

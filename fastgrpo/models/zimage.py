@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import (Backbone, EmbeddingCache, PipelineTextEncoders, TextEmbeddings, decode_vae, load_pipeline,
+from .base import (Backbone, EmbeddingCache, TextEmbeddings, decode_vae, load_pipeline,
                    padded_tokens)
 
 
@@ -45,8 +45,7 @@ class ZImageBackbone(Backbone):
             return padded_tokens(tokens, length)
 
         backbone = cls(pipe.transformer, pipe.vae, encode, resolution=cfg.resolution, cache_size=cfg.text_cache)
-        backbone.text_encoders = PipelineTextEncoders(pipe, ("text_encoder",))
-        backbone.scheduler_config = dict(pipe.scheduler.config)
+        backbone.keep_from(pipe, ("text_encoder",))
         backbone.image_seq_len = (backbone.latent_shape[1] // 2) * (backbone.latent_shape[2] // 2)
         return backbone
 
