@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from ..models.attention import BACKENDS as ATTENTION_BACKENDS
 from ..models.compile import SCOPES as COMPILE_SCOPES
+from ..models.fp8 import MODES as FP8_MODES
 from ..reference.flow_step import FAMILIES, LOGPROBS
 from .overlap import SCHEDULES as REWARD_SCHEDULES
 
@@ -125,6 +126,14 @@ class ModelConfig(Section):
     choice is logged at start."""
     autocast: bool = False
     """bf16 autocast of every transformer forward — rollouts and training alike, so the first ratio stays 1."""
+    base_fp8: Literal[FP8_MODES] = "none"
+    """Under LoRA: the frozen base's linear layers in the transformer blocks stored as float8 e4m3 through torchao
+    (fastgrpo/models/fp8.py), per output channel, for every forward — rollouts, replays, the KL reference and
+    evaluation, so the first ratio stays exactly 1 and the adapter learns against the base it samples with.
+    none | weight (weight-only: half a bf16 base's memory, any device) | dynamic (activations per row too: fp8
+    tensor-core matmuls, CUDA compute capability ≥ 8.9). On the world (CPU, float32 base, 2026-12-07) ``weight``
+    moved the per-step log-probs of a fixed trajectory by at most the tolerance ``tests/test_fp8.py`` states; GPU
+    speed pending. Needs ``pip install 'fastgrpo[fp8]'``."""
 
     @model_validator(mode="after")
     def _check(self):
@@ -134,6 +143,9 @@ class ModelConfig(Section):
         if self.kind != "wan" and self.guidance_2 is not None:
             raise ValueError(f"model.guidance_2={self.guidance_2} is the low-noise expert's scale of a two-expert "
                              f"Wan2.2 pipeline; model.kind={self.kind} has one transformer")
+        if self.base_fp8 != "none" and self.lora_rank == 0:
+            raise ValueError(f"model.base_fp8={self.base_fp8} quantises the frozen base under LoRA; model.lora_rank=0 "
+                             "trains every weight (set model.lora_rank > 0, or model.base_fp8=none)")
         if self.lora_rank > 0 and not self.lora_targets:
             raise ValueError("model.lora_targets is empty: name the modules the adapter wraps")
         return self
@@ -512,6 +524,9 @@ class TrainConfig(Section):
                              "and sampling.logprob=quadratic")
         if self.branch.noise_weight and not self.branch.enabled:
             raise ValueError("branch.noise_weight (TempFlow-GRPO) weighs branch steps: it needs branch.enabled")
+        if self.model.base_fp8 != "none" and self.distributed == "fsdp":
+            raise ValueError(f"model.base_fp8={self.model.base_fp8} with distributed=fsdp: fastgrpo does not "
+                             "shard float8 weights under FSDP2; use distributed=ddp (the fp8 base is half a bf16 one)")
         if not self.branch.enabled and self.optim.minibatches > self.adagrpo.keep:
             raise ValueError(f"optim.minibatches={self.optim.minibatches} exceeds the groups of an iteration "
                              f"(adagrpo.keep={self.adagrpo.keep}): a minibatch holds whole groups")

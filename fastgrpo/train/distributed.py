@@ -28,6 +28,11 @@ def wrap(model: nn.Module, kind: str, world_size: int) -> nn.Module:
         fully_shard(model)  # the rest: embeddings, norms, projections
         return model
     from torch.nn.parallel import DistributedDataParallel
+    # A float8 base (model.base_fp8) is quantised on every rank from the same weights, so it is equal everywhere and
+    # frozen: DDP neither broadcasts it (it cannot flatten torchao's tensors) nor reduces it.
+    fp8 = [n for n, p in model.named_parameters() if type(p) is not nn.Parameter and not p.requires_grad]
+    if fp8:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, fp8)
     # also broadcasts rank 0's weights; a model of experts runs one of them per step: the other's gradients are unused
     return DistributedDataParallel(model, find_unused_parameters=getattr(model, "experts", None) is not None)
 

@@ -32,6 +32,7 @@ from ..algorithms import CapabilityTracker
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
 from ..models.attention import set_attention_backend
 from ..models.compile import compile_transformer
+from ..models.fp8 import quantize_base
 from ..models.lora import has_lora
 from . import atomic, checkpoint, distributed, evaluate as evaluation, report, video
 from .config import TrainConfig, dump_config, to_dict
@@ -67,6 +68,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.backbone = backbone if backbone is not None else load_backbone(config.model, self.device)
         self.model = self.backbone.transformer
+        self.quantized = quantize_base(self.model, config.model.base_fp8, self.device)
+        """Linear layers of the frozen base in float8 (``model.base_fp8``; 0 = none)."""
         if config.sampling.shift == "auto":  # the pipeline's own schedule at this resolution and T, as a number
             config.sampling.shift = self.backbone.auto_shift(config.sampling.steps)
             log.info("sampling.shift=auto: %.6g (the pipeline's schedule at T = %d)", config.sampling.shift,
