@@ -14,9 +14,9 @@ earlier layers through these) goes through the same quantised weights.
 
 Every forward uses the quantised base — rollouts, replays, the KL reference (the base with its adapter off) and
 evaluation — not the rollout alone: the PPO ratio's old log-prob comes from the rollout, and a replay through the
-unquantised base departs from it by the quantisation error (on the world, ``tests/test_fp8.py`` measures it:
-far larger than the clip ranges of 1e-4 to 2e-4 the Flow-GRPO family trains with, so every sample would be
-clipped). With one base everywhere the first ratio stays exactly 1 and the adapter learns against the base it will
+unquantised base departs from it by the quantisation error — on the world (float32 base, 2026-12-07), 0.9–1.3% of
+the velocity and up to 9.2e-4 in a sample's per-step log-prob (mean 2e-5 to 3e-4 per step), the size of the clip
+range of 1e-4 Flow-GRPO trains with, so the first ratio alone would clip many samples. With one base everywhere the first ratio stays exactly 1 and the adapter learns against the base it will
 sample with, as QLoRA does with a 4-bit base; merging it into the unquantised weights afterwards is a change of
 base of that same size. Only under LoRA: a trained weight is not frozen."""
 from __future__ import annotations
