@@ -13,7 +13,10 @@ Also in the same run: MixGRPO with ``reward.schedule=batched`` and ``overlap``, 
 kernel (flash, flash3, sage, xformers; native is every other row's), compiled per block (last: compilation stays
 on the shared transformer), and ``flowgrpo_formulation`` — the same iteration computed the way Flow-GRPO's train
 script does it (``benchmarks/flowgrpo_formulation.py``), for the ratio users care about. Each stage's peak memory
-(``peak_<stage>_gib``) comes from the trainer's stage boundaries.
+(``peak_<stage>_gib``) comes from the trainer's stage boundaries. Last, MixGRPO compiled per block with the frozen
+base in float8 (``model.base_fp8=dynamic``: fp8 tensor-core matmuls, sm89+), with what that base changes: one
+MixGRPO window of 8 samples drawn by the bf16 base and replayed through the fp8 one — the largest and mean
+|Δ log-prob| per sample and step (``fp8_logprob_dev_*``).
 ``FASTGRPO_BENCH_ANCHORS=0``: without AdaGRPO's anchors (plain MixGRPO vs DanceGRPO-style, as MixGRPO's Table 1
 compares them); results then go to ``trainer_sd35m_no_anchors``.
 """
@@ -33,6 +36,7 @@ from fastgrpo.train import Trainer, load_config
 from fastgrpo.train.task import PromptTask
 
 from fastgrpo.models.attention import check_backend
+from fastgrpo.models.fp8 import why_not as why_not_fp8
 
 try:
     from benchmarks import common
@@ -54,6 +58,8 @@ VARIANTS.update({"mixgrpo_reward_batched": MIX + ("reward.schedule=batched",),
 ATTENTION = ("flash", "flash3", "sage", "xformers")
 """Attention kernels measured (MixGRPO) where installed; native is every other row's."""
 COMPILED = {"mixgrpo_compiled_blocks": MIX + ("model.compile=true", "model.compile_scope=blocks")}
+FP8 = "mixgrpo_compiled_blocks_fp8"
+"""The last row: MixGRPO compiled per block on a float8 base (quantisation stays on the shared transformer)."""
 
 
 class RandomTextSd3(Backbone):
@@ -125,6 +131,42 @@ def flowgrpo_row(backbone, scorer, cfg, iterations: int) -> dict:
     return row
 
 
+def window_trajectory(backbone, cfg):
+    """One window of ``cfg``'s rollout, 8 samples of the first prompt, drawn by the backbone's transformer as it is
+    now: (trajectory, text, empty)."""
+    from fastgrpo.train.rollout import sample
+    from fastgrpo.train.schedule import sigmas, window
+
+    sc = cfg.sampling
+    text = backbone.encode_prompts([PROMPTS[0]] * 8)
+    empty = backbone.encode_prompts([""] * 8) if sc.guidance > 1 else None
+    noise = torch.randn((8, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
+    with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=cfg.model.autocast):
+        traj = sample(backbone.denoiser(backbone.transformer), noise.to(backbone.device),
+                      sigmas(sc.steps, sc.shift), text, empty, guidance=sc.guidance, eta=sc.eta, family=sc.family,
+                      logprob=sc.logprob, window=window(cfg.window, sc.steps, 0, cfg.iterations, cfg.seed), seed=0)
+    return traj, text, empty
+
+
+@torch.no_grad()
+def logprob_drift(backbone, cfg, drawn) -> dict:
+    """``drawn`` (``window_trajectory`` before the base changed) replayed through the transformer as it is now:
+    the largest and mean |Δ log-prob| per sample and step."""
+    from fastgrpo.ops import flow_step
+    from fastgrpo.train.rollout import guided_velocity
+
+    (traj, text, empty), sc = drawn, cfg.sampling
+    denoise = backbone.denoiser(backbone.transformer)
+    deltas = []
+    with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=cfg.model.autocast):
+        for x, x_next, old, s, sn in zip(traj.x, traj.x_next, traj.log_prob, traj.sigma, traj.sigma_next):
+            v = guided_velocity(denoise, x, s, text, empty, sc.guidance)
+            new = flow_step(v, x, s, sn, sc.eta, family=sc.family, logprob=sc.logprob, x_next=x_next).log_prob
+            deltas.append((new - old).abs().float())
+    deltas = torch.stack(deltas)
+    return {"fp8_logprob_dev_max": deltas.max().item(), "fp8_logprob_dev_mean": deltas.mean().item()}
+
+
 def add_flowgrpo_speedup(rows: list[dict]) -> None:
     """Flow-GRPO has no AdaGRPO selection: each row's iteration without its select stage against the formulation's."""
     formulation = next(r for r in rows if r["variant"] == "flowgrpo_formulation")
@@ -132,9 +174,12 @@ def add_flowgrpo_speedup(rows: list[dict]) -> None:
         row["speedup_vs_flowgrpo"] = formulation["iteration"] / (row["iteration"] - row.get("select", 0.0))
 
 
-def run(device, backbone, scorer, iterations: int, anchors: bool, variants: dict, compiled: dict) -> tuple:
+def run(device, backbone, scorer, iterations: int, anchors: bool, variants: dict, compiled: dict,
+        fp8: str | None = None) -> tuple:
     """Every variant's iteration on ``backbone`` with ``scorer``, then the Flow-GRPO formulation, then the
-    ``compiled`` variants (compilation stays on the shared transformer): (rows, notes about what was skipped)."""
+    ``compiled`` variants (compilation stays on the shared transformer), then with ``fp8`` (a ``model.base_fp8``
+    mode) the last compiled variant on a float8 base, with its log-prob drift: (rows, notes about what was
+    skipped)."""
     selection = () if anchors else ("adagrpo.curriculum=false", "adagrpo.fusion=false")
     cuda = device.type == "cuda"
     skipped = []
@@ -155,7 +200,10 @@ def run(device, backbone, scorer, iterations: int, anchors: bool, variants: dict
                 f"device={device.type}", f"out_dir={tmp}/{name}"))
 
         task = PromptTask(PROMPTS, PROMPTS[:4], scorer, [1.0], ["aesthetic"])
-        for name, overrides in {**variants, "flowgrpo_formulation": None, **compiled}.items():
+        quantized = {}
+        if fp8 is not None:
+            quantized[FP8] = (list(compiled.values())[-1] if compiled else MIX) + (f"model.base_fp8={fp8}",)
+        for name, overrides in {**variants, "flowgrpo_formulation": None, **compiled, **quantized}.items():
             if overrides is None:  # eager, before the transformer is compiled
                 rows.append(flowgrpo_row(backbone, scorer, config(VARIANTS["full_sde"], name), iterations))
                 continue
@@ -163,9 +211,11 @@ def run(device, backbone, scorer, iterations: int, anchors: bool, variants: dict
             if name.endswith("torch_ops"):
                 os.environ["FASTGRPO_BACKEND"] = "torch"
             try:
-                trainer = Trainer(config(overrides, name), backbone=backbone, task=task)
+                drawn = window_trajectory(backbone, config(overrides, name)) if name in quantized else None
+                trainer = Trainer(config(overrides, name), backbone=backbone, task=task)  # quantises (fp8)
+                drift = logprob_drift(backbone, config(overrides, name), drawn) if drawn else {}
                 trainer.sync_stages = True
-                row = {"variant": name, **measure(trainer, iterations)}
+                row = {"variant": name, **drift, **measure(trainer, iterations)}
             finally:
                 if previous is None:
                     os.environ.pop("FASTGRPO_BACKEND", None)
@@ -191,7 +241,11 @@ def main(quick: bool = False, out_dir: str | None = None):
     backbone = RandomTextSd3(device)
     with tempfile.TemporaryDirectory() as tmp:
         scorer = _aesthetic_scorer(os.path.join(tmp, "clip"), device)
-        rows, skipped = run(device, backbone, scorer, iterations, anchors, VARIANTS, COMPILED)
+        reason = why_not_fp8("dynamic", device)
+        rows, skipped = run(device, backbone, scorer, iterations, anchors, VARIANTS, COMPILED,
+                            None if reason else "dynamic")
+        if reason:
+            skipped.append(f"{FP8}: not measured — model.base_fp8=dynamic: {reason}")
     select = ("4 candidates (25-step Euler ODE anchors) → 1 prompt" if anchors else "1 prompt (no anchors)")
     notes = [f"SD3.5-Medium architecture (random weights, bf16, LoRA r = 32), 512² (64² latents), T = 25, shift 3, "
              f"{select} × 8 samples; median of {iterations} iterations after a "

@@ -1,6 +1,7 @@
 """``fastgrpo bench trainer_sd35m`` runs on CUDA only; its machinery (every variant through ``Trainer`` on a shared
-backbone, the Flow-GRPO formulation beside them, the speed-up columns) runs here on CPU at a tiny size, so that a
-GPU session does not discover a broken benchmark."""
+backbone, the Flow-GRPO formulation beside them, the speed-up columns, the float8-base row with its log-prob
+drift — weight-only here, dynamic on an sm89+ GPU) runs here on CPU at a tiny size, so that a GPU session does not
+discover a broken benchmark."""
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -33,8 +34,13 @@ def test_the_sd35m_benchmark_runs_every_kind_of_row_on_a_tiny_model(tmp_path, mo
     scorer = MultiReward({"aesthetic": 1.0}, aesthetic={"path": str(tmp_path),
                                                         "head_path": str(tmp_path / "head.safetensors")})
     variants = {k: bench.VARIANTS[k] for k in ("full_sde", "mixgrpo_reward_overlap")}
-    rows, skipped = bench.run(device, backbone, scorer, 1, True, variants, {})
-    assert [r["variant"] for r in rows] == [*variants, "flowgrpo_formulation"]
+    rows, skipped = bench.run(device, backbone, scorer, 1, True, variants, {}, fp8="weight")
+    assert [r["variant"] for r in rows] == [*variants, "flowgrpo_formulation", bench.FP8]
+    quantized = rows.pop()  # last: the shared transformer's base is float8 from here on
+    assert 0 < quantized["fp8_logprob_dev_mean"] <= quantized["fp8_logprob_dev_max"] < 1e-1
+    assert quantized["iteration"] > 0 and all("fp8" not in k for r in rows for k in r)
+    assert sum(type(m.weight).__name__ == "Float8Tensor" for m in backbone.transformer.modules()
+               if isinstance(m, torch.nn.Linear)) > 0
     assert len(skipped) == len(bench.ATTENTION)  # the CUDA kernels are not measured on CPU, and say why
     assert all("not measured" in note and "model.attention_backend" in note for note in skipped)
     formulation = rows[-1]
