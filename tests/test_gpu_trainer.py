@@ -48,3 +48,45 @@ def test_tiny_sd3_lora_on_cuda(tmp_path):
         trainer.iteration += 1
         assert metrics["first_ratio_max_dev"] == 0.0 and torch.isfinite(torch.tensor(metrics["loss"]))
     assert trainer.save() is not None
+
+
+def _fp8_dynamic_reason():
+    from fastgrpo.models.fp8 import why_not
+
+    return why_not("dynamic", torch.device("cuda")) if torch.cuda.is_available() else "no CUDA device"
+
+
+@pytest.mark.skipif(_fp8_dynamic_reason() is not None, reason=str(_fp8_dynamic_reason()))
+def test_dynamic_fp8_linear_computes_the_row_scaled_e4m3_product():
+    """``model.base_fp8=dynamic``: y = (a sᵀ) ⊙ (e4m3(x / a) · e4m3(W / s)ᵀ) + b with a, s the rows' amax / 448 —
+    written out here in float32 (the fp8 products are exact in float32; only the accumulation order differs)."""
+    from torch import nn
+
+    from fastgrpo.models.fp8 import E4M3_MAX, quantize_base
+
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 128, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    w = layer.weight.float()
+    holder = nn.Module()
+    holder.transformer_blocks = nn.ModuleList([layer])
+    assert quantize_base(holder, "dynamic", torch.device("cuda")) == 1
+    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+
+    def e4m3(t):
+        scale = t.abs().amax(dim=1, keepdim=True) / E4M3_MAX
+        return (t / scale).to(torch.float8_e4m3fn).float(), scale
+
+    x8, a = e4m3(x.float())
+    w8, s = e4m3(w)
+    want = (x8 @ w8.T) * a * s.T + layer.bias.float()
+    torch.testing.assert_close(layer(x).float(), want, rtol=2e-2, atol=2e-2)  # bf16 output
+
+
+@pytest.mark.skipif(_fp8_dynamic_reason() is not None, reason=str(_fp8_dynamic_reason()))
+def test_world_on_a_dynamic_fp8_base_keeps_the_first_ratio_exactly_one(tmp_path):
+    trainer = Trainer(load_config(None, SMALL + (f"out_dir={tmp_path}", "model.base_fp8=dynamic")))
+    assert trainer.quantized > 0
+    for _ in range(2):
+        metrics = trainer.step()
+        trainer.iteration += 1
+        assert metrics["first_ratio_max_dev"] == 0.0 and metrics["grad_norm"] > 0

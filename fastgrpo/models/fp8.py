@@ -9,8 +9,9 @@ The quantisation, per output channel j of a weight W (out × in), with 448 the l
 ordinary matmul: half the memory of a bf16 base, its speed from memory traffic, runs on any device.
 ``dynamic``: each activation row r is quantised too, a_r = max_k |x_rk| / 448, x8 = e4m3(x / a), and
 y = (a sᵀ) ⊙ (x8 · W8ᵀ) + b on fp8 tensor cores (``torch._scaled_mm``; CUDA compute capability ≥ 8.9) — the form
-that can run faster than bf16 on a compute-bound transformer. The backward (gradients reach the LoRA adapters of
-earlier layers through these) goes through the same quantised weights.
+that can run faster than bf16 on a compute-bound transformer. The backward to a layer's input (the gradient that
+reaches the LoRA adapters of earlier layers) is ∂L/∂x = ∂L/∂y · (s ⊙ W8), the activation's rounding passed
+straight through (``Float8FrozenLinear``).
 
 Every forward uses the quantised base — rollouts, replays, the KL reference (the base with its adapter off) and
 evaluation — not the rollout alone: the PPO ratio's old log-prob comes from the rollout, and a replay through the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import repeated_blocks
@@ -36,14 +38,42 @@ E4M3_MAX = 448.0
 """The largest finite float8 e4m3 value (``torch.finfo(torch.float8_e4m3fn).max``)."""
 
 
+class _FrozenMatmul(torch.autograd.Function):
+    """y = linear(x, W8, b) through torchao's float8 path; ∂L/∂x = ∂L/∂y · (s ⊙ W8) — the derivative of the
+    dequantised weight's product, with the activation's rounding passed straight through (``dynamic``). Written
+    out because the fp8 matmul (``torch._scaled_mm``) has no derivative of its own, and the gradient must reach the
+    adapters of the layers before this one. W and b are frozen: no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.weight, ctx.dtype = weight, x.dtype
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad @ ctx.weight.dequantize().to(grad.dtype)).to(ctx.dtype), None, None
+
+
+class Float8FrozenLinear(nn.Linear):
+    """A frozen ``nn.Linear`` whose weight torchao has quantised: the forward as torchao computes it, the backward
+    to the input by ``_FrozenMatmul`` whenever the input carries a gradient (a replay of training)."""
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FrozenMatmul.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
 def why_not(mode: str, device: torch.device) -> str | None:
     """Why ``model.base_fp8=mode`` cannot run on ``device``, or None."""
     if mode == "none":
         return None
     try:
-        from torchao.quantization import quantize_  # noqa: F401 — whether torchao (and its API) is there
+        import torchao.quantization
     except ImportError:
         return "it needs torchao: pip install 'fastgrpo[fp8]'"
+    if not hasattr(torchao.quantization, "Float8WeightOnlyConfig"):
+        return f"torchao {getattr(torchao, '__version__', '?')} is too old: pip install 'torchao>=0.16'"
     if mode == "dynamic":
         if device.type != "cuda":
             return f"dynamic fp8 matmuls need a CUDA GPU (compute capability ≥ 8.9), not {device.type}"
@@ -99,6 +129,8 @@ def quantize_base(transformer: nn.Module, mode: str, device: torch.device) -> in
                          "repeated blocks to quantise")
     before = sum(m.weight.numel() * m.weight.element_size() for m in chosen)
     quantize_(transformer, config, filter_fn=lambda module, _name: module in chosen)
+    for module in chosen:
+        module.__class__ = Float8FrozenLinear  # the same module and parameters; only its forward differs
     after = sum(m.weight.qdata.numel() + m.weight.scale.numel() * m.weight.scale.element_size() for m in chosen)
     log.info("model.base_fp8=%s: %d linear layers of the blocks in float8 e4m3 (%.3g → %.3g GiB)", mode,
              len(chosen), before / 2**30, after / 2**30)
