@@ -11,7 +11,7 @@ from torch import nn
 
 from fastgrpo.models import load_backbone
 from fastgrpo.models.base import repeated_blocks
-from fastgrpo.models.fp8 import E4M3_MAX, _frozen_linears, quantize_base, why_not
+from fastgrpo.models.fp8 import E4M3_MAX, Float8FrozenLinear, _frozen_linears, quantize_base, why_not
 from fastgrpo.ops import flow_step
 from fastgrpo.train import load_config
 from fastgrpo.train.loop import Trainer
@@ -256,3 +256,29 @@ def test_compiled_blocks_on_an_fp8_base_match_eager(tmp_path):
         assert b["first_ratio_max_dev"] == 0.0
         for key in ("reward", "loss", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_an_fp8_base_trains_a_tiny_pipeline_with_the_first_ratio_one(kind, tmp_path, monkeypatch):
+    """SD3's joint blocks and FLUX's double and single blocks quantised (the newer families: test_new_models)."""
+    from fastgrpo.models.tiny import save_tiny_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_tiny_pipeline(kind, tmp_path / "model")
+    (tmp_path / "prompts.txt").write_text("a red cat\na blue dog\na green square\na photo of a circle\n")
+    trainer = Trainer(load_config(None, (
+        f"model.kind={kind}", f"model.path={tmp_path / 'model'}", "model.resolution=32", "model.dtype=fp32",
+        "model.max_sequence_length=16", f"data.train_prompts={tmp_path / 'prompts.txt'}", "data.eval_count=2",
+        "reward.names=jpeg_incompressibility", "sampling.steps=3", "window.size=1", "adagrpo.candidates=2",
+        "adagrpo.keep=2", "group_size=2", "eval_every=1000", "eval_seeds=1", f"out_dir={tmp_path / 'run'}",
+        "model.base_fp8=weight")))
+    per_block = {}
+    for block in repeated_blocks(trainer.model):
+        per_block.setdefault(type(block).__name__, []).extend(
+            m for m in block.modules() if isinstance(m, Float8FrozenLinear))
+    assert trainer.quantized == sum(map(len, per_block.values())) > 0
+    assert all(per_block.values())  # every kind of block: FLUX's double and single ones
+    assert set(per_block) == ({"FluxTransformerBlock", "FluxSingleTransformerBlock"} if kind == "flux"
+                              else {"JointTransformerBlock"})
+    metrics = trainer.step()
+    assert metrics["first_ratio_max_dev"] == 0.0 and metrics["grad_norm"] > 0

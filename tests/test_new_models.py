@@ -128,6 +128,17 @@ def test_training_through_the_cli_and_a_bit_exact_resume(folder, tmp_path, monke
         assert initial.keys() == a.keys() and any(not torch.equal(initial[k], a[k]) for k in initial)
 
 
+def test_an_fp8_base_trains_with_the_first_ratio_exactly_one(folder, tmp_path):
+    """``model.base_fp8=weight`` on each family's blocks (both Wan2.2 experts'): quantised, trained, first ratio 1."""
+    pytest.importorskip("torchao")
+    trainer = Trainer(load_config(None, _overrides(folder, tmp_path, "model.base_fp8=weight")))
+    float8 = [m for m in trainer.model.modules() if type(getattr(m, "weight", None)).__name__ == "Float8Tensor"
+              and isinstance(m, torch.nn.Linear)]
+    assert trainer.quantized == len(float8) > 0
+    metrics = trainer.step()
+    assert metrics["first_ratio_max_dev"] == 0.0 and metrics["grad_norm"] > 0
+
+
 def test_another_familys_directory_is_an_error_naming_the_pipeline(folder):
     cfg = load_config(None, [o.replace(str(folder / "model"), str(folder / "sd3")) for o in _overrides(folder, "x")])
     with pytest.raises(ValueError, match=f"cannot load it as a (.* or )?{KINDS[folder.tiny]}"):
