@@ -10,9 +10,11 @@ import sys
 
 
 def _cpu_torch() -> bool:
+    """A torch without CUDA or ROCm (torchao's CUDA libraries cannot load into it)."""
     torch = sys.modules.get("torch")
-    return torch is not None and getattr(torch.version, "cuda", None) is None and not getattr(torch.version, "hip",
-                                                                                               None)
+    if torch is None:
+        return False
+    return getattr(torch.version, "cuda", None) is None and getattr(torch.version, "hip", None) is None
 
 
 DROPPED = {
@@ -28,13 +30,12 @@ def install() -> None:
     """Add the filters (once) to the loggers those messages come from."""
     for name, dropped in DROPPED.items():
         logger = logging.getLogger(name)
-        if not any(getattr(f, "fastgrpo", False) for f in logger.filters):
-            keep = _Keep(dropped)
-            logger.addFilter(keep)
+        if not any(isinstance(f, _Keep) for f in logger.filters):
+            logger.addFilter(_Keep(dropped))
 
 
 class _Keep(logging.Filter):
-    fastgrpo = True
+    """Passes every record but those ``dropped`` (message → bool) names."""
 
     def __init__(self, dropped):
         super().__init__()

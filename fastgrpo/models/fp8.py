@@ -15,11 +15,12 @@ straight through (``Float8FrozenLinear``).
 
 Every forward uses the quantised base — rollouts, replays, the KL reference (the base with its adapter off) and
 evaluation — not the rollout alone: the PPO ratio's old log-prob comes from the rollout, and a replay through the
-unquantised base departs from it by the quantisation error — on the world (float32 base, 2026-12-07), 0.9–1.3% of
-the velocity and up to 9.2e-4 in a sample's per-step log-prob (mean 2e-5 to 3e-4 per step), the size of the clip
-range of 1e-4 Flow-GRPO trains with, so the first ratio alone would clip many samples. With one base everywhere the first ratio stays exactly 1 and the adapter learns against the base it will
-sample with, as QLoRA does with a 4-bit base; merging it into the unquantised weights afterwards is a change of
-base of that same size. Only under LoRA: a trained weight is not frozen."""
+unquantised base departs from it by the quantisation error. On the world (float32 base, 2026-12-07) that is
+0.9–1.3% of the velocity and up to 9.2e-4 in a sample's per-step log-prob (mean 2e-5 to 3e-4 per step): the size
+of the clip range of 1e-4 Flow-GRPO trains with, so a rollout-only fp8 base would clip many samples before the
+policy had moved at all. With one base everywhere the first ratio stays exactly 1 and the adapter learns against
+the base it samples with, as QLoRA does with a 4-bit base; merging it into the unquantised weights afterwards is a
+change of base of that same size. Only under LoRA: a trained weight is not frozen."""
 from __future__ import annotations
 
 import logging

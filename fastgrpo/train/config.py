@@ -110,8 +110,8 @@ class ModelConfig(Section):
     default_job``) the whole transformer compiled ran 1.43–1.60 s per iteration against 2.60 s eager, but its
     first iteration took 114 s from an empty inductor cache (11.3 s warm) — a fresh machine's first 80-iteration
     run ends ≈ 20 s later, a second run or a longer one gains (on a 2-core AMD EPYC the same day: 3.85 s against
-    4.86 s, 1.26×). Where compilation is impossible (no C++ compiler,
-    no triton on CUDA, an old torch) one warning names the reason and the run goes on eager."""
+    4.86 s, 1.26×). Where compilation is impossible (no C++ compiler, no triton on CUDA, an old torch) one warning
+    names the reason and the run goes on eager."""
     compile_scope: Literal[COMPILE_SCOPES] = "transformer"
     """What ``compile`` compiles: the whole transformer forward (on the world 1.62–1.82× eager) or each repeated
     block (regional: 1.17–1.28× on the world — the Python around the blocks stays — but one block traced and its
