@@ -170,7 +170,14 @@ def test_the_trainer_logs_its_choice_and_trains(tmp_path, caplog):
         math = Trainer(load_config(None, tiny + ("model.attention_backend=native_math",)))
     assert "attention: native_math" in caplog.text and math.attention.startswith("attention: native_math")
     native = Trainer(load_config(None, tiny))
-    a, b = native.step(), math.step()
-    assert b["first_ratio_max_dev"] < 1e-6  # rollout and replay run the same kernel
-    for key in ("reward", "loss", "grad_norm"):
-        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    # the two kernels' velocities agree (a continuous check: the world's reward has discrete parts — colour,
+    # shape, position — so an iteration's reward may flip on a 1e-7 difference, and did on one 2-core EPYC)
+    x = torch.randn((3, *native.backbone.latent_shape), generator=torch.Generator().manual_seed(0))
+    sigma, text = torch.tensor([0.9, 0.5, 0.1]), native.backbone.encode_prompts(native.train_prompts.texts[:3])
+    with torch.no_grad():
+        v_native = native.backbone.denoiser(native.model)(x, sigma, text)
+        v_math = math.backbone.denoiser(math.model)(x, sigma, text)
+    torch.testing.assert_close(v_math, v_native, rtol=1e-4, atol=1e-5)
+    for step in (native.step(), math.step()):
+        assert step["first_ratio_max_dev"] < 1e-6  # rollout and replay run the same kernel
+        assert torch.isfinite(torch.tensor(step["loss"])) and step["grad_norm"] > 0
