@@ -211,9 +211,10 @@ def run(device, backbone, scorer, iterations: int, anchors: bool, variants: dict
             if name.endswith("torch_ops"):
                 os.environ["FASTGRPO_BACKEND"] = "torch"
             try:
-                drawn = window_trajectory(backbone, config(overrides, name)) if name in quantized else None
-                trainer = Trainer(config(overrides, name), backbone=backbone, task=task)  # quantises (fp8)
-                drift = logprob_drift(backbone, config(overrides, name), drawn) if drawn else {}
+                cfg = config(overrides, name)
+                drawn = window_trajectory(backbone, cfg) if name in quantized else None
+                trainer = Trainer(cfg, backbone=backbone, task=task)  # quantises (fp8)
+                drift = logprob_drift(backbone, cfg, drawn) if drawn else {}
                 trainer.sync_stages = True
                 row = {"variant": name, **drift, **measure(trainer, iterations)}
             finally:

@@ -78,8 +78,8 @@ def why_not(mode: str, device: torch.device) -> str | None:
     if mode == "dynamic":
         if device.type != "cuda":
             return f"dynamic fp8 matmuls need a CUDA GPU (compute capability ≥ 8.9), not {device.type}"
-        if torch.cuda.get_device_capability(device) < (8, 9):
-            major, minor = torch.cuda.get_device_capability(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
             return (f"dynamic fp8 matmuls need compute capability ≥ 8.9 (Ada, Hopper, Blackwell); this GPU has "
                     f"{major}.{minor} — model.base_fp8=weight runs on it")
     return None
@@ -92,9 +92,9 @@ def _frozen_linears(transformer: nn.Module, mode: str) -> set[nn.Linear]:
     found = set()
     for block in repeated_blocks(transformer):
         for name, module in block.named_modules():
-            if not isinstance(module, nn.Linear) or module.weight.requires_grad:
+            if not isinstance(module, nn.Linear) or isinstance(module, Float8FrozenLinear):  # (quantised before)
                 continue
-            if type(module.weight) is not nn.Parameter:  # already quantised (a torchao tensor), or not ours
+            if module.weight.requires_grad:
                 continue
             if any(part.startswith("lora_") for part in name.split(".")):
                 continue
@@ -121,8 +121,7 @@ def quantize_base(transformer: nn.Module, mode: str, device: torch.device) -> in
     config = (Float8WeightOnlyConfig(set_inductor_config=False) if mode == "weight" else
               Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
     chosen = _frozen_linears(transformer, mode)
-    done = sum(type(m.weight).__name__ == "Float8Tensor" for b in repeated_blocks(transformer) for m in b.modules()
-               if isinstance(m, nn.Linear))
+    done = sum(isinstance(m, Float8FrozenLinear) for b in repeated_blocks(transformer) for m in b.modules())
     if not chosen and done:  # a transformer quantised before (a benchmark's shared backbone)
         return done
     if not chosen:
