@@ -9,8 +9,17 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# under pytest-xdist (`make test` runs one worker per core, up to 4), each worker gets its share of the cores, so
+# workers do not oversubscribe them with torch's intra-op threads
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _workers))
+
 
 def pytest_collection_modifyitems(config, items):
+    # the long tests first: xdist's workers start on them and share the short ones at the end (without this, a worker
+    # that met a 2-minute compile last ran alone while the other idled)
+    items.sort(key=lambda item: "long" not in item.keywords)
     slow = os.environ.get("FASTGRPO_SLOW") == "1"  # `make test-slow`; `make test` (CI) leaves them out
     for item in items:
         if "slow" in item.keywords and not slow:
