@@ -7,7 +7,7 @@ LOCK ?= requirements/lock.txt
 # CPU wheel on a CPU machine; on a CUDA box, install your CUDA torch into the venv first (see README)
 TORCH_SPEC ?= torch==2.13.0
 # `make test` runs the tests in this many pytest-xdist workers (one per core, at most 4; 0: in pytest's own process)
-TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))")
 # `make train ARGS="iterations=80 out_dir=runs/long"`: config overrides for the main job
 ARGS ?=
 # `make lock` writes here

@@ -11,9 +11,13 @@ import pytest  # noqa: E402
 
 # under pytest-xdist (`make test` runs one worker per core, up to 4), each worker gets its share of the cores, so
 # workers do not oversubscribe them with torch's intra-op threads
+# (the processes the tests start — gloo ranks, CLI runs — inherit the share through OMP_NUM_THREADS)
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _workers))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _share = max(1, _cores // _workers)
+    torch.set_num_threads(_share)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -125,8 +125,11 @@ def run_make_install_step(command, tmp):
 
 
 def run_make_test(command, tmp):
+    """CI runs exactly `make test`; the tests run in pytest-xdist workers, TEST_WORKERS of them (0: one process)."""
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^\s*(time )?make test\s*$", ci, flags=re.M), "CI must run exactly the README's test command"
+    planned = _make("-n test TEST_WORKERS=0", timeout=60).stdout
+    assert re.search(r"TRITON_INTERPRET=1 \S+ -m pytest -q -n 0 --dist worksteal tests", planned), planned
 
 
 def run_make_test_slow(command, tmp):
