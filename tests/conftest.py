@@ -21,8 +21,8 @@ if _workers > 1:
 
 
 def pytest_collection_modifyitems(config, items):
-    # the long tests first: xdist's workers start on them and share the short ones at the end (without this, a worker
-    # that met a 2-minute compile last ran alone while the other idled)
+    # the long tests first (longest-first scheduling): a 2-minute compile met last would leave the other workers
+    # idle at the end; short tests fill in around the long ones
     items.sort(key=lambda item: "long" not in item.keywords)
     slow = os.environ.get("FASTGRPO_SLOW") == "1"  # `make test-slow`; `make test` (CI) leaves them out
     for item in items:
