@@ -29,7 +29,6 @@ def _trained(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("scope", ["transformer", "blocks"])
 def test_compiled_iterations_match_eager_and_the_first_ratio_is_exactly_one(tmp_path, scope):
     eager = _trainer(tmp_path / "eager", "iterations=2")
@@ -90,7 +89,6 @@ def test_whole_transformer_compile_under_fsdp_is_refused_naming_the_keys(tmp_pat
         _trainer(tmp_path / "run", "model.compile=true", "distributed=fsdp")
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("kind", ["flux"])
 def test_compiled_blocks_on_a_tiny_pipeline_match_eager(tmp_path, kind):
     """Regional compilation on the real-model path — FLUX's double and single blocks, LoRA on their projections

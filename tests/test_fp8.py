@@ -203,7 +203,6 @@ def _ddp_worker(rank, init, out, result):
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.long
 def test_two_gloo_ranks_train_one_adapter_on_the_same_fp8_base(tmp_path):
     """DDP leaves the float8 weights out of its broadcast (it cannot flatten them): each rank quantises the same
     weights, so the bases agree; the adapter is averaged as usual."""

@@ -75,7 +75,6 @@ def test_transformers_and_the_cli_import_from_the_repository_root():
     assert done.returncode == 0 and "--config" in done.stdout, done.stderr[-2000:]
 
 
-@pytest.mark.long
 def test_torchrun_two_processes_from_the_repository_root(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "fastgrpo.cli", "train", *SHORT,
@@ -94,7 +93,6 @@ def _copy_tree(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.long
 def test_wheel_builds_cleanly_and_runs_the_main_job_outside_the_repository(tmp_path):
     """`pip wheel .` (no setuptools deprecation warnings), installed into a fresh venv outside the repository:
     `fastgrpo train` with no --config runs the packaged default on the shipped weights."""

@@ -235,7 +235,6 @@ def _wan22_rank(rank, root, kind, result):
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.long
 def test_wan22_two_experts_train_fully_under_ddp_and_fsdp2(tmp_path):
     """Wan2.2 A14B's experts fine-tuned whole on 2 gloo ranks: the window (σ 1, .8, .6, .4 against the boundary .5)
     uses both experts, so both move; DDP (one expert idle per step: unused parameters allowed) and FSDP2 (both

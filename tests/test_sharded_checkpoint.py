@@ -36,7 +36,6 @@ def _spawn(tmp_path, tag, out, iterations, resume=None, extra=()):
     return dict(result)
 
 
-@pytest.mark.long
 def test_sharded_checkpoints_resume_at_two_ranks_and_at_one(tmp_path):
     full = _spawn(tmp_path, "full", tmp_path / "full", 2)  # checkpoint_async (the default): written in background
     half = _spawn(tmp_path, "half", tmp_path / "half", 1, extra=["checkpoint_async=false"])

@@ -164,7 +164,6 @@ def test_world_reward_and_correctness_on_ground_truth():
     assert set(map(tuple, shapes.HELD_OUT)).isdisjoint(map(tuple, shapes.TRAIN))
 
 
-@pytest.mark.long
 def test_cli_trains_two_iterations_and_stops_cleanly_on_sigterm(tmp_path):
     env = dict(os.environ, FASTGRPO_BACKEND="torch")
     cmd = [sys.executable, "-m", "fastgrpo.cli", "train", *TINY, "iterations=2", f"out_dir={tmp_path / 'cli'}"]
@@ -214,7 +213,6 @@ def _ddp_worker(rank, world, init, out_dir, result, kind="ddp", method="grpo"):
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("kind, method", [("ddp", "grpo"), ("fsdp", "grpo"), ("ddp", "nft"), ("fsdp", "awm")])
 def test_two_gloo_ranks_train_and_agree_on_the_weights(tmp_path, kind, method):
     import torch.multiprocessing as mp

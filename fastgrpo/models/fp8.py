@@ -92,9 +92,8 @@ def _frozen_linears(transformer: nn.Module, mode: str) -> set[nn.Linear]:
     found = set()
     for block in repeated_blocks(transformer):
         for name, module in block.named_modules():
-            if not isinstance(module, nn.Linear) or isinstance(module, Float8FrozenLinear):  # (quantised before)
-                continue
-            if module.weight.requires_grad:
+            if (not isinstance(module, nn.Linear) or isinstance(module, Float8FrozenLinear)  # (quantised before)
+                    or module.weight.requires_grad):
                 continue
             if any(part.startswith("lora_") for part in name.split(".")):
                 continue
@@ -121,10 +120,10 @@ def quantize_base(transformer: nn.Module, mode: str, device: torch.device) -> in
     config = (Float8WeightOnlyConfig(set_inductor_config=False) if mode == "weight" else
               Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
     chosen = _frozen_linears(transformer, mode)
-    done = sum(isinstance(m, Float8FrozenLinear) for b in repeated_blocks(transformer) for m in b.modules())
-    if not chosen and done:  # a transformer quantised before (a benchmark's shared backbone)
-        return done
     if not chosen:
+        done = sum(isinstance(m, Float8FrozenLinear) for b in repeated_blocks(transformer) for m in b.modules())
+        if done:  # a transformer quantised before (a benchmark's shared backbone)
+            return done
         raise ValueError(f"model.base_fp8={mode}: {type(transformer).__name__} has no frozen linear layer in its "
                          "repeated blocks to quantise")
     before = sum(m.weight.numel() * m.weight.element_size() for m in chosen)
