@@ -9,9 +9,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-# under pytest-xdist (`make test` runs one worker per core, up to 4), each worker gets its share of the cores, so
-# workers do not oversubscribe them with torch's intra-op threads
-# (the processes the tests start — gloo ranks, CLI runs — inherit the share through OMP_NUM_THREADS)
+# under pytest-xdist (`make test` runs one worker per core, up to 4) each worker gets its share of the cores, and the
+# processes its tests start (gloo ranks, CLI runs) inherit it through OMP_NUM_THREADS: no oversubscribed cores
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -21,9 +20,6 @@ if _workers > 1:
 
 
 def pytest_collection_modifyitems(config, items):
-    # the long tests first (longest-first scheduling): a 2-minute compile met last would leave the other workers
-    # idle at the end; short tests fill in around the long ones
-    items.sort(key=lambda item: "long" not in item.keywords)
     slow = os.environ.get("FASTGRPO_SLOW") == "1"  # `make test-slow`; `make test` (CI) leaves them out
     for item in items:
         if "slow" in item.keywords and not slow:

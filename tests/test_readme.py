@@ -334,13 +334,7 @@ def test_gpu_only_commands_say_so_in_the_readme():
         assert "GPU" in line or "CUDA" in line, line
 
 
-def _long(command: str) -> bool:
-    """Commands of 15 s or more on 2 cores (every CPU benchmark; a run written before sampling or evaluating)."""
-    return command == "fastgrpo bench" or _runner(command) == [run_on_a_run]
-
-
-@pytest.mark.parametrize("command", [pytest.param(c, marks=[pytest.mark.long] if _long(c) else [])
-                                     for c in readme_commands() if c not in GPU_ONLY])
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c not in GPU_ONLY])
 def test_readme_command_runs(command, tmp_path):
     (runner,) = _runner(command)
     if runner is run_make_lock and shutil.which("make") is None:
