@@ -396,8 +396,8 @@ def test_hps_loader_scores_the_cosine_of_the_open_clip_forward(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open_clip is not installed")
 def test_open_clip_mapping_matches_open_clip_itself():
-    """open_clip_torch 3.3.0 itself as the oracle. The GPU machine lacks it: carry the wheels that
-    ``../shared/tools/gpu-wheels.sh open_clip_torch==3.3.0 timm ftfy wcwidth regex`` fetches into .whl/."""
+    """open_clip_torch 3.3.0 itself as the oracle, on CUDA. It is no dependency of fastgrpo (it pulls torchvision):
+    to run this test, install ``open_clip_torch==3.3.0`` with timm, ftfy, wcwidth and regex."""
     import open_clip
 
     _, vocab, eos = tiny_tokenizer()
