@@ -71,6 +71,45 @@ def test_reference_against_written_out_flow_grpo_formula():
         for backend in ("triton", "torch"):
             got = flow_step(v.float(), x.float(), sigma, sigma_next, eta, x_next=x_next.float(), backend=backend)
             torch.testing.assert_close(got.log_prob.double(), lp.reshape(1), rtol=1e-5, atol=1e-5)
+        # the KL to a reference mean: Flow-GRPO's divides by 2g² (g without √−Δ), TempFlow-GRPO's by 2·std²
+        # (std = g·√−Δ), Flow-CPS's by nothing
+        mu_ref = torch.randn(1, 3, 4, dtype=torch.float64)
+        msq = ((mu - mu_ref) ** 2).mean()
+        for divisor, kl in {"flow_grpo": msq / (2 * g**2), "step_std": msq / (2 * std**2), "none": msq}.items():
+            out = reference.flow_step(v, x, torch.tensor([sigma], dtype=torch.float64),
+                                      torch.tensor([sigma_next], dtype=torch.float64), eta, x_next=x_next,
+                                      mu_ref=mu_ref, kl_divisor=divisor)
+            torch.testing.assert_close(out.kl, kl.reshape(1))
+            for backend in ("triton", "torch"):
+                got = flow_step(v.float(), x.float(), sigma, sigma_next, eta, x_next=x_next.float(),
+                                mu_ref=mu_ref.float(), kl_divisor=divisor, backend=backend)
+                torch.testing.assert_close(got.kl.double(), kl.reshape(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta", [0.3, 0.8])
+def test_reference_against_written_out_ddim_sde_formula(eta):
+    """Stepwise-Flow-GRPO's DDIM-like SDE step written out in fp64: s = η·σ'·√(1 − σ), x̂0 = x − σv,
+    x̂1 = x + (1 − σ)v, μ = (1 − σ')·x̂0 + √(σ'² − s²)·x̂1, a Gaussian log-prob with std s."""
+    torch.manual_seed(4)
+    for sigma, sigma_next in [(0.8, 0.65), (0.5, 0.3), (1.0, 0.9)]:
+        v, x, x_next = (torch.randn(1, 3, 4, dtype=torch.float64) for _ in range(3))
+        std = eta * sigma_next * math.sqrt(1 - sigma)
+        mu = (1 - sigma_next) * (x - sigma * v) + math.sqrt(sigma_next**2 - std**2) * (x + (1 - sigma) * v)
+        out = reference.flow_step(v, x, torch.tensor([sigma], dtype=torch.float64),
+                                  torch.tensor([sigma_next], dtype=torch.float64), eta, family="ddim_sde",
+                                  x_next=x_next, return_mean=True)
+        torch.testing.assert_close(out.mean, mu)
+        if std == 0:  # σ = 1: a deterministic step, no density (log-prob 0 by convention)
+            assert out.log_prob.item() == 0.0
+            continue
+        lp = (-(x_next - mu) ** 2 / (2 * std**2) - math.log(std) - math.log(math.sqrt(2 * math.pi))).mean()
+        torch.testing.assert_close(out.log_prob, lp.reshape(1))
+        for backend in ("triton", "torch"):
+            got = flow_step(v.float(), x.float(), sigma, sigma_next, eta, family="ddim_sde", x_next=x_next.float(),
+                            return_mean=True, backend=backend)
+            torch.testing.assert_close(got.mean.double(), mu, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got.std.double(), torch.tensor([std], dtype=torch.float64), rtol=1e-6, atol=0)
+            torch.testing.assert_close(got.log_prob.double(), lp.reshape(1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["flow_sde", "cps", "dance_sde", "ddim_sde"])
@@ -133,12 +172,27 @@ def test_backward_matches_autograd_through_reference(family, logprob, kl_divisor
     _close(gx, rx, **tol)
 
 
-def test_grad_x_skipped_when_not_needed():
+def test_grad_x_skipped_when_not_needed(monkeypatch):
+    """The backward launch writes grad x only when x needs it (autograd would drop an unneeded one silently, so
+    the launcher itself is watched)."""
+    from fastgrpo.kernels import flow_step as kernels
+
+    launches, launch = [], kernels.flow_step_bwd
+
+    def watched(*args):
+        grad_v, grad_x = launch(*args)
+        launches.append((args[-1], grad_x.numel()))
+        return grad_v, grad_x
+
+    monkeypatch.setattr(kernels, "flow_step_bwd", watched)
     v, x, s, sn = random_step((2, 3, 4), seed=2)
+    x_next = torch.randn_like(x)
     v.requires_grad_(True)
-    out = flow_step(v, x, s, sn, 0.7, x_next=torch.randn_like(x), backend="triton")
-    out.log_prob.sum().backward()
-    assert v.grad is not None and v.grad.abs().sum() > 0 and x.grad is None
+    flow_step(v, x, s, sn, 0.7, x_next=x_next, backend="triton").log_prob.sum().backward()
+    assert launches == [(False, 0)] and v.grad.abs().sum() > 0
+    x.requires_grad_(True)
+    flow_step(v, x, s, sn, 0.7, x_next=x_next, backend="triton").log_prob.sum().backward()
+    assert launches[-1] == (True, x.numel()) and x.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -234,20 +288,21 @@ def test_kl_term_has_gradient_and_stays_finite_for_large_beta():
 
 def test_bad_input_names_the_argument():
     v, x, s, sn = random_step((2, 3, 4), seed=16)
+    # each message begins with the argument's name (anchored: "sigma" must not pass on a sigma_next message)
     cases = [
-        (dict(x=x[:1]), "x"),
-        (dict(noise=torch.randn(2, 3, 5)), "noise"),
-        (dict(x_next=torch.randn(2, 4, 4)), "x_next"),
-        (dict(sigma_next=torch.tensor([0.9, 0.9]), sigma=torch.tensor([0.5, 0.5])), "sigma_next"),
-        (dict(sigma=torch.tensor([1.5, 0.5])), "sigma"),
-        (dict(eta=-0.1), "eta"),
-        (dict(family="sde"), "family"),
-        (dict(logprob="gauss"), "logprob"),
-        (dict(kl_divisor="g"), "kl_divisor"),
-        (dict(noise=torch.randn_like(v), seed=3), "seed"),
-        (dict(sigma=torch.ones(3) * 0.5), "sigma"),
-        (dict(v=torch.randn(2)), "v"),
-        (dict(out_dtype=torch.int32), "out_dtype"),
+        (dict(x=x[:1]), r"^x has shape"),
+        (dict(noise=torch.randn(2, 3, 5)), r"^noise has shape"),
+        (dict(x_next=torch.randn(2, 4, 4)), r"^x_next has shape"),
+        (dict(sigma_next=torch.tensor([0.9, 0.9]), sigma=torch.tensor([0.5, 0.5])), r"^sigma_next must satisfy"),
+        (dict(sigma=torch.tensor([1.5, 0.5])), r"^sigma must lie in"),
+        (dict(eta=-0.1), r"^eta must be >= 0"),
+        (dict(family="sde"), r"^family must be one of"),
+        (dict(logprob="gauss"), r"^logprob must be one of"),
+        (dict(kl_divisor="g"), r"^kl_divisor must be one of"),
+        (dict(noise=torch.randn_like(v), seed=3), r"^give at most one of noise, seed and x_next"),
+        (dict(sigma=torch.ones(3) * 0.5), r"^sigma must have 1 or batch=2 elements"),
+        (dict(v=torch.randn(2)), r"^v must have a batch dim"),
+        (dict(out_dtype=torch.int32), r"^out_dtype must be a floating-point"),
     ]
     for override, name in cases:
         kw = dict(v=v, x=x, sigma=s, sigma_next=sn, eta=0.7)

@@ -13,8 +13,6 @@ import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHORT = ["iterations=1", "group_size=2", "sampling.steps=4", "window.size=2", "adagrpo.candidates=2",

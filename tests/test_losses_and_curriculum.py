@@ -1,6 +1,4 @@
 """Policy losses against their formulas; AdaGRPO's capability tracker: EMA math, selection, state, distributed."""
-import os
-
 import pytest
 import torch
 import torch.multiprocessing as mp

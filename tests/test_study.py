@@ -229,26 +229,26 @@ def _is_png(path: Path) -> bool:
 def test_main_writes_intervals_comparisons_json_and_plots(fake, tmp_path):
     threads = torch.get_num_threads()  # --jobs 1 trains in this process with --threads: keep pytest's count
     lr = study.load_config(str(study.CONFIGS / "default.yaml")).optim.lr  # the recipe's own (the fake's gain ∝ lr)
+    final = 0.5 + 4 * lr * 100  # the default's end (iteration 4, 73 s): 0.5 + 4·lr·100 + seed·0.001, seeds 0 and 1
+    threshold = round(final - 1e-4, 6)  # reached at the last step only (each earlier one is lr·100 lower)
     argv = ["--budget", "60", "--seeds", "2", "--threads", str(threads), "--runs", "default,control,default:random",
-            "--extra", f"slow=default:optim.lr={lr / 10:g}", "--out", str(tmp_path)]
+            "--extra", f"slow=default:optim.lr={lr / 10:g}", "--threshold", str(threshold), "--out", str(tmp_path)]
     assert study.main(argv) == 0
     data = json.loads((tmp_path / "study_shapes.json").read_text())
     assert data["setup"]["jobs"] == 1 and data["setup"]["threads_per_run"] == threads
     assert data["setup"]["command"].startswith("python -m benchmarks.study_shapes --budget 60")
-    assert data["setup"]["threshold"] == 0.85
+    assert data["setup"]["threshold"] == threshold
     assert data["environment"]["commit"] and data["environment"]["date"]
     rows = {r["run"]: r for r in data["rows"]}
     assert list(rows) == ["default", "control", "default:random", "slow"]
     assert all(len(data["curves"][name]) == 2 for name in rows)
     assert sum(cfg.reward.names == ["world_random"] for cfg in fake.configs) == 2  # the control, both seeds
-    # the default ends (iteration 4, 73 s) at 0.5 + 4·lr·100 + seed·0.001 for seeds 0 and 1
-    final = 0.5 + 4 * lr * 100
     assert math.isclose(rows["default"]["train_correct"], final + 0.0005)
     half = T975[1] * 0.001 / 2  # two seeds 0.001 apart: s = 0.001/√2, half-width t·s/√2
     assert math.isclose(rows["default"]["train_correct_hi"] - rows["default"]["train_correct"], half, rel_tol=1e-4)
     assert math.isclose(rows["control"]["train_correct"], 0.5005)
-    if final >= 0.85:  # the default reaches the 0.85 threshold at its last step (73 s), the control never
-        assert rows["default"]["s_to_threshold"] == 73 and rows["default"]["reached"] == 2
+    # the default reaches the threshold at its last step (73 s), the control never
+    assert rows["default"]["s_to_threshold"] == 73 and rows["default"]["reached"] == 2
     assert rows["control"]["s_to_threshold"] is None and rows["control"]["reached"] == 0
     pairs = {(c["a"], c["b"]): c for c in data["comparisons"]}
     assert list(pairs) == [("default", "control"), ("default", "default:random")]
