@@ -1,7 +1,8 @@
 """model.attention_backend: the dispatching joint-attention processor against a float64 write-out of
 softmax(QKᵀ/√d)V, whole tiny SD3 (with SD3.5's dual attention and QK norms) and FLUX transformers against the
 stock processors for every backend that runs on this CPU, gradients included; the errors for a backend not
-installed, a CUDA-only one on CPU and an unknown name; the Trainer's choice, logged."""
+installed, a CUDA-only one on CPU, a half-precision-only one on a float32 attention and an unknown name; the
+Trainer's choice, logged."""
 import copy
 import logging
 
@@ -149,6 +150,39 @@ def test_a_backend_not_installed_is_an_error_naming_it_and_how_to_install_it(mon
 def test_a_cuda_only_kernel_on_cpu_is_an_error(name):
     with pytest.raises(RuntimeError, match=f"model.attention_backend='{name}'.*CUDA only.*'cpu'"):
         set_attention_backend(_sd3(), name, CPU)
+
+
+@pytest.mark.parametrize("name", ["native_flash", "native_cudnn", "flash", "flash3", "sage"])
+def test_a_half_precision_kernel_on_a_float32_attention_is_an_error_naming_autocast(monkeypatch, name):
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda m: object())  # as if every kernel were there
+    cuda = torch.device("cuda")
+    with pytest.raises(RuntimeError, match=f"model.attention_backend='{name}'.*float16 / bfloat16 only.*"
+                                           r"torch\.float32.*model\.autocast=true"):
+        check_backend(name, cuda, torch.float32)
+    for ok in (torch.bfloat16, torch.float16, None):  # half precision, or not known: past the precision check
+        try:
+            check_backend(name, cuda, ok)
+        except RuntimeError as err:  # diffusers' own requirement check may still refuse a kernel not installed
+            assert "float16 / bfloat16 only" not in str(err)
+    for name in ("native", "native_efficient", "xformers", "flex"):  # these compute in float32 too
+        try:
+            check_backend(name, cuda, torch.float32)
+        except RuntimeError as err:
+            assert "float16 / bfloat16 only" not in str(err)
+
+
+def test_the_attention_precision_is_the_autocast_or_the_query_weight_dtype():
+    model = _sd3()
+    assert attention.attention_dtype(model, autocast=True) == torch.bfloat16
+    assert attention.attention_dtype(model, autocast=False) == torch.float32
+    from fastgrpo.models import add_lora
+
+    half = _sd3().to(torch.bfloat16)
+    add_lora(half, 4, 4, ["to_q", "to_k", "to_v"])  # float32 adapters on a bfloat16 base: the base's dtype
+    assert attention.attention_dtype(half, autocast=False) == torch.bfloat16
+    x = torch.randn(2, 5, 16, dtype=torch.bfloat16)
+    block = half.transformer_blocks[1].attn
+    assert block.to_q(x).dtype == torch.bfloat16  # what the kernel would see
 
 
 def test_unknown_and_hub_backends_are_refused():

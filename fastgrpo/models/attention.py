@@ -43,40 +43,47 @@ class Backend:
     """How to get that package."""
     cuda: bool = False
     """Runs on CUDA devices only."""
+    half: bool = False
+    """Computes in float16 / bfloat16 only (a float32 model needs ``model.autocast``)."""
 
 
 BACKENDS: dict[str, Backend] = {
     "native": Backend("native", "torch scaled_dot_product_attention (picks flash / efficient / cuDNN / math)"),
     "native_math": Backend("_native_math", "torch SDPA, math kernel only (float32-accurate softmax, most memory)"),
-    "native_flash": Backend("_native_flash", "torch SDPA, FlashAttention-2 kernel only", cuda=True),
+    "native_flash": Backend("_native_flash", "torch SDPA, FlashAttention-2 kernel only", cuda=True, half=True),
     "native_efficient": Backend("_native_efficient", "torch SDPA, memory-efficient kernel only", cuda=True),
-    "native_cudnn": Backend("_native_cudnn", "torch SDPA, cuDNN kernel only", cuda=True),
+    "native_cudnn": Backend("_native_cudnn", "torch SDPA, cuDNN kernel only", cuda=True, half=True),
     "flex": Backend("flex", "torch FlexAttention (no backward on CPU in torch)", cuda=True),
     "flash": Backend("flash", "FlashAttention-2 (flash-attn)", "flash_attn",
                      "pip install 'flash-attn>=2.6.3' --no-build-isolation",
-                     cuda=True),
+                     cuda=True, half=True),
     "flash3": Backend("_flash_3", "FlashAttention-3 (Hopper)", "flash_attn_interface",
-                      "build FlashAttention-3 from its repository's hopper/ folder", cuda=True),
+                      "build FlashAttention-3 from its repository's hopper/ folder", cuda=True, half=True),
     "sage": Backend("sage", "SageAttention (INT8 QK, FP16/FP8 PV)", "sageattention",
                     "build SageAttention >= 2.1.1 from its repository (pip install . --no-build-isolation)",
-                    cuda=True),
+                    cuda=True, half=True),
     "xformers": Backend("xformers", "xFormers memory_efficient_attention", "xformers",
                         "pip install 'xformers>=0.0.29' matching the installed torch", cuda=True),
 }
 """``model.attention_backend`` → the dispatcher's backend, what it is, and what it needs."""
 
 
-def check_backend(name: str, device: torch.device) -> Backend:
-    """The backend ``name``, or an error naming ``model.attention_backend``, the backend and what provides it."""
+def check_backend(name: str, device: torch.device, dtype: torch.dtype | None = None) -> Backend:
+    """The backend ``name``, or an error naming ``model.attention_backend``, the backend and what it lacks: the
+    device, the precision (``dtype``: what the attention computes in; None: not checked) or its package."""
     if name not in BACKENDS:
         raise ValueError(f"model.attention_backend={name!r}: not one of {sorted(BACKENDS)}")
     backend = BACKENDS[name]
-    if backend.module is not None and importlib.util.find_spec(backend.module) is None:
-        raise RuntimeError(f"model.attention_backend={name!r} ({backend.what}) needs the Python package "
-                           f"{backend.module!r}, which is not installed: {backend.install}")
     if backend.cuda and device.type != "cuda":
         raise RuntimeError(f"model.attention_backend={name!r} ({backend.what}) runs on CUDA only, and device is "
                            f"{str(device)!r}; use native or native_math there")
+    if backend.half and dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError(f"model.attention_backend={name!r} ({backend.what}) computes in float16 / bfloat16 only, "
+                           f"and this model's attention runs in {dtype}: set model.autocast=true (bfloat16), or "
+                           "use native, native_efficient or xformers")
+    if backend.module is not None and importlib.util.find_spec(backend.module) is None:
+        raise RuntimeError(f"model.attention_backend={name!r} ({backend.what}) needs the Python package "
+                           f"{backend.module!r}, which is not installed: {backend.install}")
     from diffusers.models import attention_dispatch
 
     check = getattr(attention_dispatch, "_check_attention_backend_requirements", None)  # private: may move
@@ -132,10 +139,25 @@ class DispatchJointAttnProcessor:
         return image, text
 
 
-def set_attention_backend(transformer: nn.Module, name: str, device: torch.device) -> str:
-    """Route every attention module of ``transformer`` to backend ``name`` (checked first: :func:`check_backend`);
-    a one-line description of the choice, also logged."""
-    backend = check_backend(name, device)
+def attention_dtype(transformer: nn.Module, autocast: bool) -> torch.dtype | None:
+    """The precision the attention kernels see: bfloat16 under ``model.autocast``, else the dtype of the query
+    projection's (base) weight — a LoRA adapter adds in its base layer's dtype; None when that is not a plain
+    float dtype (a float8 base) or there is no attention."""
+    if autocast:
+        return torch.bfloat16
+    for module in transformer.modules():
+        to_q = getattr(module, "to_q", None)
+        if getattr(module, "processor", None) is not None and to_q is not None:
+            dtype = getattr(getattr(to_q, "base_layer", to_q), "weight").dtype
+            return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else None
+    return None
+
+
+def set_attention_backend(transformer: nn.Module, name: str, device: torch.device,
+                          dtype: torch.dtype | None = None) -> str:
+    """Route every attention module of ``transformer`` to backend ``name`` (checked first: :func:`check_backend`,
+    ``dtype`` the precision the attention computes in); a one-line description of the choice, also logged."""
+    backend = check_backend(name, device, dtype)
     from diffusers.models.attention_dispatch import AttentionBackendName
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 

@@ -30,7 +30,7 @@ import torch
 from .._dist import rank_and_world
 from ..algorithms import CapabilityTracker
 from ..models import Backbone, TextEmbeddings, adapters_disabled, load_backbone
-from ..models.attention import set_attention_backend
+from ..models.attention import attention_dtype, set_attention_backend
 from ..models.compile import compile_transformer
 from ..models.fp8 import quantize_base
 from ..models.lora import has_lora
@@ -77,7 +77,8 @@ class Trainer:
         self.task = task if task is not None else build_task(config, self.device)
         if config.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        self.attention = set_attention_backend(self.model, config.model.attention_backend, self.device)
+        self.attention = set_attention_backend(self.model, config.model.attention_backend, self.device,
+                                               attention_dtype(self.model, config.model.autocast))
         """The attention kernel in use, in words (``model.attention_backend``; logged)."""
         self.lora = has_lora(self.model)
         # Flow-GRPO's KL reference: the initial model, frozen (kept only when optim.kl_beta > 0); under LoRA the
@@ -93,6 +94,8 @@ class Trainer:
         self.compiled = (compile_transformer(self.model, self.device, config.model.compile_scope)
                          if config.model.compile else 0)
         """Modules compiled in place (``model.compile``: the transformer, or each block; 0 = eager)."""
+        if self.compiled and self.reference_copy is not None:  # the KL reference's forwards: compiled alike
+            compile_transformer(self.reference_copy, self.device, config.model.compile_scope)
         self.trained = distributed.wrap(self.model, config.distributed, self.world_size)
         self.sharded = config.distributed == "fsdp" and self.world_size > 1 and not self.lora
         """Checkpoints as torch.distributed.checkpoint shards (FSDP2 full fine-tuning on several ranks); LoRA and
@@ -132,6 +135,10 @@ class Trainer:
                              "branch.enabled or stepwise.enabled (their reward columns are granularities / steps)")
         self.reward_schedule = resolve_schedule(config.reward.schedule, config.reward.names)
         """``reward.schedule`` with auto resolved: overlap when a reward waits on a server, else inline."""
+        log.info("reward.schedule: %s%s%s", self.reward_schedule,
+                 " (auto)" if config.reward.schedule == "auto" else "",
+                 "; branch and stepwise rollouts score inline" if config.branch.enabled or config.stepwise.enabled
+                 else "")
         self.sync_stages = False
         """Synchronise the device at stage boundaries so the stage timers are exact, and on CUDA record each
         stage's peak memory (``peak_<stage>_gib`` in the metrics) — benchmarks."""
