@@ -2,6 +2,7 @@
 in a worker thread while the next group rolls out (overlap) — the same rewards in the same order, the worker's
 errors raised in the trainer, and whole training iterations equal across schedules (GRPO and a forward-process
 method)."""
+import logging
 import threading
 
 import pytest
@@ -83,6 +84,15 @@ def test_an_unknown_schedule_is_refused():
 
 TINY = ("sampling.steps=3", "window.size=2", "adagrpo.candidates=3", "adagrpo.keep=3", "group_size=3",
         "eval_every=0", "iterations=2")
+
+
+def test_the_trainer_logs_the_schedule_it_runs(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="fastgrpo.train.loop"):
+        auto = Trainer(load_config(None, TINY + (f"out_dir={tmp_path / 'auto'}",)))
+        batched = Trainer(load_config(None, TINY + ("reward.schedule=batched", f"out_dir={tmp_path / 'b'}")))
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reward.schedule")]
+    assert messages == ["reward.schedule: inline (auto)", "reward.schedule: batched"]
+    assert (auto.reward_schedule, batched.reward_schedule) == ("inline", "batched")
 
 
 @pytest.mark.parametrize("method", ["grpo", "nft"])

@@ -180,7 +180,9 @@ class RewardConfig(Section):
     while the next group rolls out (overlap). Same rewards either way (fastgrpo/train/overlap.py). auto: overlap
     when a reward waits on a server (remote:NAME, vlm_judge), else inline — on the world's default job on 2 CPU
     cores (2026-12-07, ``fastgrpo bench reward_schedule``) batched ran 1.01× (noise) and overlap 0.72× (the
-    worker's OpenMP threads spin and take the cores from the rollout); GPU comparison pending."""
+    worker's OpenMP threads spin and take the cores from the rollout); GPU comparison pending. Rollouts with
+    branches (branch.enabled) or per-step rewards (stepwise.enabled), AdaGRPO's anchors and evaluations score
+    inline whatever this says. The schedule in use is logged at start."""
 
     @model_validator(mode="after")
     def _check(self):

@@ -60,7 +60,9 @@ class RewardQueue:
             ready = None
             if latents.is_cuda:
                 ready = torch.cuda.Event()
-                ready.record()  # on the rollout's (current) stream
+                # on the rollout's stream: the current stream of the latents' device (not of the current device,
+                # which differs when a single process trains on cuda:1)
+                ready.record(torch.cuda.current_stream(latents.device))
                 if self._stream is None:
                     self._stream = torch.cuda.Stream(latents.device)
             self._items.append(self._pool.submit(self._score_aside, latents, prompts, ready))
