@@ -80,6 +80,21 @@ def test_no_compiler_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch)
     assert trainer.step()["first_ratio_max_dev"] == 0.0
 
 
+@pytest.mark.parametrize("scope", ["transformer", "blocks"])
+def test_full_fine_tuning_compiles_its_kl_reference_alike(tmp_path, scope):
+    """Full fine-tuning keeps a frozen copy for the KL; it is compiled with the trained model (built here, not run:
+    compilation happens at the first call)."""
+    trainer = _trainer(tmp_path / "run", "model.lora_rank=0", "optim.kl_beta=0.01", "model.compile=true",
+                       f"model.compile_scope={scope}")
+    reference = trainer.reference_copy
+    assert reference is not None and reference is not trainer.model
+    modules = [reference] if scope == "transformer" else list(repeated_blocks(reference))
+    assert len(modules) == trainer.compiled
+    assert all(getattr(m, "_compiled_call_impl", None) is not None for m in modules)
+    eager = _trainer(tmp_path / "eager", "model.lora_rank=0", "optim.kl_beta=0.01")
+    assert getattr(eager.reference_copy, "_compiled_call_impl", None) is None
+
+
 def test_whole_transformer_compile_under_fsdp_is_refused_naming_the_keys(tmp_path, monkeypatch):
     from fastgrpo.train import loop
 

@@ -20,6 +20,23 @@ def test_world_on_cuda_with_autocast_keeps_the_first_ratio_exactly_one(tmp_path)
     assert next(trainer.model.parameters()).is_cuda
 
 
+@pytest.mark.parametrize("scope", ["transformer", "blocks"])
+def test_compiled_world_on_cuda_with_autocast_keeps_the_first_ratio_exactly_one(tmp_path, scope):
+    """The CPU suite checks this in float32 without autocast; here inductor's CUDA kernels under bf16 autocast: the
+    rollout runs the no-grad graph and the replay the training graph, which must round alike."""
+    from fastgrpo.models.compile import why_not
+
+    if why_not(torch.device("cuda")) is not None:
+        pytest.skip(why_not(torch.device("cuda")))
+    trainer = Trainer(load_config(None, SMALL + (f"out_dir={tmp_path}", "model.compile=true",
+                                                 f"model.compile_scope={scope}")))
+    assert trainer.compiled > 0
+    for _ in range(2):
+        metrics = trainer.step()
+        trainer.iteration += 1
+        assert metrics["first_ratio_max_dev"] == 0.0 and metrics["grad_norm"] > 0
+
+
 def test_stage_peaks_on_cuda(tmp_path):
     """With sync_stages each stage's peak allocated memory is reported; the update (activations kept for the
     backward) needs more than the no-grad rollout."""

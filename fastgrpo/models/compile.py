@@ -66,7 +66,9 @@ def compile_transformer(transformer: nn.Module, device: torch.device, scope: str
     # eager against a compiled rollout no longer reproduces its log-probs exactly.
     import torch._dynamo
 
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # its name before 2.7
+    setattr(dynamo, limit, max(getattr(dynamo, limit), RECOMPILE_LIMIT))
     for block in blocks:
         block.compile()
     log.info("model.compile: %s compiled (torch.compile)", f"{len(blocks)} transformer blocks" if scope == "blocks"
