@@ -180,6 +180,26 @@ def test_fp8_without_torchao_names_the_extra(tmp_path, monkeypatch):
         Trainer(load_config(None, TINY + (f"out_dir={tmp_path}", "model.base_fp8=weight")))
 
 
+def test_an_old_torchao_names_the_release_needed(monkeypatch):
+    import torchao
+
+    monkeypatch.setattr(torchao, "__version__", "0.15.1")
+    assert why_not("weight", CPU) == "torchao 0.15.1 is too old: pip install 'torchao>=0.16'"
+    monkeypatch.setattr(torchao, "__version__", "0.16.0+cpu")
+    assert why_not("weight", CPU) is None
+
+
+def test_dynamic_fp8_with_no_aligned_layer_says_so(monkeypatch):
+    from fastgrpo.models import fp8
+
+    monkeypatch.setattr(fp8, "why_not", lambda mode, device: None)  # as on an sm89+ GPU
+    holder = nn.Module()
+    holder.transformer_blocks = nn.ModuleList([nn.Linear(24, 40).requires_grad_(False)])  # 24: not a multiple of 16
+    with pytest.raises(ValueError, match=r"model.base_fp8=dynamic: .* no frozen linear layer whose sides are "
+                                         r"multiples of 16 \(use model.base_fp8=weight\)"):
+        quantize_base(holder, "dynamic", CPU)
+
+
 def test_quantising_twice_leaves_the_base_as_it_was():
     _, _, fp8 = _world_pair()
     count = quantize_base(fp8.transformer, "weight", CPU)

@@ -145,7 +145,10 @@ def test_kl_to_the_initial_model(tmp_path):
 
 
 def test_flash_run_and_no_fusion_run(tmp_path):
-    Trainer(_config(tmp_path / "a", "window.flash=true", "iterations=1")).run(progress=False)
+    flash = Trainer(_config(tmp_path / "a", "window.flash=true", "iterations=1"))
+    flash.run(progress=False)
+    step = next(h for h in flash.history if "loss" in h)
+    assert step["first_ratio_max_dev"] == 0.0 and step["grad_norm"] > 0  # the window's steps replay exactly
     t = Trainer(_config(tmp_path / "b", "adagrpo.curriculum=false", "adagrpo.fusion=false", "iterations=1"))
     t.run(progress=False)
     assert "anchor_reward" not in t.history[-1]

@@ -65,6 +65,10 @@ class Float8FrozenLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+TORCHAO_FLOOR = "0.16"
+"""The first torchao release fastgrpo's float8 base is known to work with (the ``fp8`` extra's floor)."""
+
+
 def why_not(mode: str, device: torch.device) -> str | None:
     """Why ``model.base_fp8=mode`` cannot run on ``device``, or None."""
     if mode == "none":
@@ -73,8 +77,12 @@ def why_not(mode: str, device: torch.device) -> str | None:
         import torchao.quantization
     except ImportError:
         return "it needs torchao: pip install 'fastgrpo[fp8]'"
-    if not hasattr(torchao.quantization, "Float8WeightOnlyConfig"):
-        return f"torchao {getattr(torchao, '__version__', '?')} is too old: pip install 'torchao>=0.16'"
+    from packaging.version import Version
+
+    version = getattr(torchao, "__version__", "0")
+    # 0.16: Float8Tensor weights (qdata, scale) and the configs' set_inductor_config, both used below
+    if Version(version.split("+")[0]) < Version(TORCHAO_FLOOR):
+        return f"torchao {version} is too old: pip install 'torchao>={TORCHAO_FLOOR}'"
     if mode == "dynamic":
         if device.type != "cuda":
             return f"dynamic fp8 matmuls need a CUDA GPU (compute capability ≥ 8.9), not {device.type}"
@@ -124,8 +132,10 @@ def quantize_base(transformer: nn.Module, mode: str, device: torch.device) -> in
         done = sum(isinstance(m, Float8FrozenLinear) for b in repeated_blocks(transformer) for m in b.modules())
         if done:  # a transformer quantised before (a benchmark's shared backbone)
             return done
-        raise ValueError(f"model.base_fp8={mode}: {type(transformer).__name__} has no frozen linear layer in its "
-                         "repeated blocks to quantise")
+        aligned = " whose sides are multiples of 16 (use model.base_fp8=weight)" if mode == "dynamic" and \
+            _frozen_linears(transformer, "weight") else ""
+        raise ValueError(f"model.base_fp8={mode}: {type(transformer).__name__} has no frozen linear layer{aligned} "
+                         "in its repeated blocks to quantise")
     before = sum(m.weight.numel() * m.weight.element_size() for m in chosen)
     quantize_(transformer, config, filter_fn=lambda module, _name: module in chosen)
     for module in chosen:
