@@ -1,8 +1,9 @@
 """The attention kernel of the transformer (``model.attention_backend``), through diffusers' attention dispatcher.
 
-Every backbone is a diffusers MM-DiT (the world and SD3/SD3.5: ``SD3Transformer2DModel``; FLUX.1:
-``FluxTransformer2DModel``). Joint attention is the same math whichever kernel computes it: the image and text
-tokens' queries, keys and values (after the per-head RMS norms) are concatenated along the sequence and
+Every backbone is a diffusers transformer (the world and SD3/SD3.5: ``SD3Transformer2DModel``; FLUX.1, FLUX.2,
+Qwen-Image, Z-Image and Wan: their own, whose processors go through the dispatcher). Joint attention is the same
+math whichever kernel computes it: the image and text tokens' queries, keys and values (after the per-head RMS
+norms) are concatenated along the sequence and
 
     O = softmax(Q Kᵀ / √d) V,    Q, K, V ∈ R^{B × (N_img + N_txt) × H × d},
 
