@@ -17,22 +17,6 @@ BACKBONES = {"world": ("world", "WorldBackbone"), "sd3": ("sd3", "Sd3Backbone"),
              "zimage": ("zimage", "ZImageBackbone"), "wan": ("wan", "WanBackbone")}
 """``model.kind`` → (module, class): imported when chosen (each pulls in its diffusers pipeline)."""
 KINDS = tuple(BACKBONES)
-NEEDS_DIFFUSERS = {"flux2": ("0.37", "Flux2KleinPipeline"), "zimage": ("0.36", "ZImagePipeline")}
-"""Kinds whose pipelines are newer than fastgrpo's diffusers floor (0.35, the attention dispatcher and Qwen-Image):
-the first diffusers release with them."""
-
-
-def check_diffusers(kind: str) -> None:
-    """An error naming ``model.kind`` and the diffusers release it needs, when the installed one is older."""
-    if kind not in NEEDS_DIFFUSERS:
-        return
-    import diffusers
-    from packaging.version import Version
-
-    since, pipeline = NEEDS_DIFFUSERS[kind]
-    if Version(diffusers.__version__) < Version(since):
-        raise ImportError(f"model.kind={kind!r} needs diffusers >= {since} (its {pipeline}); this is diffusers "
-                          f"{diffusers.__version__}: pip install -U 'diffusers>={since}'")
 
 
 def load_backbone(model_cfg, device) -> Backbone:
@@ -40,7 +24,6 @@ def load_backbone(model_cfg, device) -> Backbone:
     ``model.lora_rank`` > 0."""
     if model_cfg.kind not in BACKBONES:
         raise ValueError(f"model.kind must be one of {KINDS}, got {model_cfg.kind!r}")
-    check_diffusers(model_cfg.kind)
     module, name = BACKBONES[model_cfg.kind]
     cls = getattr(importlib.import_module(f".{module}", __name__), name)
     backbone = cls.load(model_cfg.path, device) if model_cfg.kind == "world" else cls.from_pretrained(model_cfg, device)
