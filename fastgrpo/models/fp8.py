@@ -132,8 +132,9 @@ def quantize_base(transformer: nn.Module, mode: str, device: torch.device) -> in
         done = sum(isinstance(m, Float8FrozenLinear) for b in repeated_blocks(transformer) for m in b.modules())
         if done:  # a transformer quantised before (a benchmark's shared backbone)
             return done
-        aligned = " whose sides are multiples of 16 (use model.base_fp8=weight)" if mode == "dynamic" and \
-            _frozen_linears(transformer, "weight") else ""
+        aligned = ""
+        if mode == "dynamic" and _frozen_linears(transformer, "weight"):
+            aligned = " whose sides are multiples of 16 (use model.base_fp8=weight)"
         raise ValueError(f"model.base_fp8={mode}: {type(transformer).__name__} has no frozen linear layer{aligned} "
                          "in its repeated blocks to quantise")
     before = sum(m.weight.numel() * m.weight.element_size() for m in chosen)

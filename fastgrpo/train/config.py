@@ -100,8 +100,8 @@ class ModelConfig(Section):
     """Prompts whose text embeddings are kept (each distinct prompt is encoded once while it stays)."""
     free_text_encoders: bool = True
     """Pipeline models (every kind but world): encode every training and evaluation prompt (and the empty one for
-    guidance) at start, then drop the text encoders (T5-XXL alone is ≈ 9 GiB in bf16). Kept when the prompts outnumber ``text_cache``. The
-    embeddings are those the lazy cache would compute (each prompt encoded alone)."""
+    guidance) at start, then drop the text encoders (T5-XXL alone is ≈ 9 GiB in bf16). Kept when the prompts
+    outnumber ``text_cache``. The embeddings are those the lazy cache would compute (each prompt encoded alone)."""
     gradient_checkpointing: bool = False
     """Recompute the transformer's activations in the backward (memory for time)."""
     compile: bool = False
