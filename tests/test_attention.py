@@ -156,7 +156,8 @@ def test_a_cuda_only_kernel_on_cpu_is_an_error(name):
 def test_a_half_precision_kernel_on_a_float32_attention_is_an_error_naming_autocast(monkeypatch, name):
     kernels = {b.module for b in attention.BACKENDS.values() if b.module}  # as if every kernel were installed
     real = attention.importlib.util.find_spec
-    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda m, *a: object() if m in kernels else real(m, *a))
+    monkeypatch.setattr(attention.importlib.util, "find_spec",
+                        lambda module, *rest: object() if module in kernels else real(module, *rest))
     cuda = torch.device("cuda")
     with pytest.raises(RuntimeError, match=f"model.attention_backend='{name}'.*float16 / bfloat16 only.*"
                                            r"torch\.float32.*model\.autocast=true"):
@@ -166,9 +167,9 @@ def test_a_half_precision_kernel_on_a_float32_attention_is_an_error_naming_autoc
             check_backend(name, cuda, ok)
         except RuntimeError as err:  # diffusers' own requirement check may still refuse a kernel not installed
             assert "float16 / bfloat16 only" not in str(err)
-    for name in ("native", "native_efficient", "xformers", "flex"):  # these compute in float32 too
+    for other in ("native", "native_efficient", "xformers", "flex"):  # these compute in float32 too
         try:
-            check_backend(name, cuda, torch.float32)
+            check_backend(other, cuda, torch.float32)
         except RuntimeError as err:
             assert "float16 / bfloat16 only" not in str(err)
 
