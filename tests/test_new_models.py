@@ -259,4 +259,3 @@ def test_wan22_two_experts_train_fully_under_ddp_and_fsdp2(tmp_path):
         torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6)
     for kind in runs:
         assert [s["first_ratio_max_dev"] for s in runs[kind]["steps"]] == [0.0, 0.0]
-

@@ -61,15 +61,15 @@ def test_wandb_offline_gets_the_scalars_images_and_config_and_resume_continues_t
     Trainer(load_config(None, common + ("iterations=2",)), resume=str(tmp_path)).run(progress=False)
     runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 2  # the resumed session logged into the same run id
-    logged = [row for run in runs for row in history(run / f"run-{run_id}.wandb")]
+    files = {run.name: history(run / f"run-{run_id}.wandb") for run in runs}
     by_step = {}
-    for row in logged:
+    for row in (row for rows in files.values() for row in rows):
         by_step.setdefault(row["_step"], {}).update(row)
     for record in (json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()):
         scalars = {k: v for k, v in record.items() if k != "iteration" and isinstance(v, (int, float))}
         # seen once under xdist (KeyError on the resumed run's last step), not reproduced: say what each file held
         assert record["iteration"] in by_step, (record["iteration"], {
-            run.name: sorted({row["_step"] for row in history(run / f"run-{run_id}.wandb")}) for run in runs})
+            name: sorted({row["_step"] for row in rows}) for name, rows in files.items()})
         got = by_step[record["iteration"]]
         assert {k: got[k] for k in scalars} == scalars, record["iteration"]
     media = [p.name for run in runs for p in (run / "files" / "media" / "images").glob("*.png")]

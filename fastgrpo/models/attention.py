@@ -149,7 +149,7 @@ def attention_dtype(transformer: nn.Module, autocast: bool) -> torch.dtype | Non
     for module in transformer.modules():
         to_q = getattr(module, "to_q", None)
         if getattr(module, "processor", None) is not None and to_q is not None:
-            dtype = getattr(getattr(to_q, "base_layer", to_q), "weight").dtype
+            dtype = getattr(to_q, "base_layer", to_q).weight.dtype
             return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else None
     return None
 

@@ -81,7 +81,7 @@ def why_not(mode: str, device: torch.device) -> str | None:
 
     version = getattr(torchao, "__version__", "0")
     # 0.16: Float8Tensor weights (qdata, scale) and the configs' set_inductor_config, both used below
-    if Version(version.split("+")[0]) < Version(TORCHAO_FLOOR):
+    if Version(version) < Version(TORCHAO_FLOOR):
         return f"torchao {version} is too old: pip install 'torchao>={TORCHAO_FLOOR}'"
     if mode == "dynamic":
         if device.type != "cuda":
